@@ -1,0 +1,117 @@
+"""Endless streams: keep what a stream model saw to a window, for many sessions in one forward.
+
+The official stream model pools over *every* frame since the start of the stream, which fits
+10-second clips; on a live feed the label would freeze after a few minutes. A
+:class:`WindowedStream` runs two staggered states per session ("rows"):
+
+* row 0 starts at frame 0, row 1 at frame ``window // 2``;
+* a row that has seen ``window`` frames is reset to a fresh state before its next frame;
+* the answer is read from the *older* row, which has seen between ``window / 2`` and ``window``
+  frames (fewer only during the first half window of a session).
+
+So a label depends on at most the last ``window`` frames, and follows a change of action within
+about ``window / 2`` to ``window`` frames, at twice the compute of a plain stream. Many sessions
+(:class:`Slot`) share one forward: :meth:`WindowedStream.step` stacks every active row of every
+slot into one batch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .movinet import MoViNet, State
+from .state import split_states, stack_states, state_and_metadata_from_bytes, state_to_bytes
+
+
+@dataclass
+class Slot:
+    """One session's windowed stream: up to two row states and their frame counts."""
+
+    window: int
+    frames_seen: int = 0
+    states: list[State | None] = field(default_factory=lambda: [None, None])
+    counts: list[int] = field(default_factory=lambda: [0, 0])
+
+    def active_rows(self) -> list[int]:
+        """Rows that take the next frame (row 1 joins after half a window)."""
+        return [0] if self.frames_seen < self.window // 2 else [0, 1]
+
+    def answer_row(self) -> int:
+        rows = self.active_rows()
+        return max(rows, key=lambda r: self.counts[r])
+
+    def to_bytes(self, half: bool = False) -> bytes:
+        """Serialise the slot (states + counters) with the versioned state format."""
+        tensors: State = {}
+        for row, state in enumerate(self.states):
+            for key, value in (state or {}).items():
+                tensors[f"row{row}/{key}"] = value
+        meta = {"window": self.window, "frames_seen": self.frames_seen, "counts": self.counts,
+                "rows": [state is not None for state in self.states]}
+        return state_to_bytes(tensors, half=half, metadata={"slot": json.dumps(meta)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Slot:
+        tensors, extra = state_and_metadata_from_bytes(data)
+        meta = json.loads(extra["slot"])
+        states: list[State | None] = []
+        for row, present in enumerate(meta["rows"]):
+            prefix = f"row{row}/"
+            states.append({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)} if present else None)
+        return cls(window=meta["window"], frames_seen=meta["frames_seen"], states=states, counts=list(meta["counts"]))
+
+
+class WindowedStream:
+    """Step many windowed sessions through one stream model, one frame each per call."""
+
+    def __init__(self, net: MoViNet, window: int | None = None) -> None:
+        if not net.causal:
+            raise ValueError("WindowedStream needs a stream (causal) model")
+        window = window or (net.info.clip_frames if net.info else 50)
+        if window < 2:
+            raise ValueError(f"window must be at least 2 frames, got {window}")
+        self.net = net
+        self.window = window
+
+    def new_slot(self) -> Slot:
+        return Slot(window=self.window)
+
+    @torch.no_grad()
+    def step(self, slots: list[Slot], frames: Tensor) -> Tensor:
+        """Feed ``frames[i]`` (``[3, 1, H, W]``, or ``[3, H, W]``) to ``slots[i]``; return logits ``[N, classes]``.
+
+        Slots are updated in place. All frames must share one size.
+        """
+        if len(slots) == 0:
+            raise ValueError("step needs at least one slot")
+        if frames.ndim == 4:
+            frames = frames[:, :, None]
+        if frames.ndim != 5 or frames.shape[0] != len(slots) or frames.shape[2] != 1:
+            raise ValueError(f"frames must be [N, 3, 1, H, W] for N={len(slots)} slots, got {list(frames.shape)}")
+        height, width = frames.shape[-2:]
+        rows: list[tuple[int, int]] = []  # (slot index, row)
+        states: list[State] = []
+        for index, slot in enumerate(slots):
+            if slot.window != self.window:
+                raise ValueError(f"slot window {slot.window} != stream window {self.window}")
+            for row in slot.active_rows():
+                if slot.counts[row] >= self.window or slot.states[row] is None:
+                    slot.states[row] = self.net.init_state(1, height, width)
+                    slot.counts[row] = 0
+                rows.append((index, row))
+                states.append(slot.states[row])
+        video = frames[[index for index, _ in rows]]  # (R, 3, 1, H, W)
+        logits, new_state = self.net(video, stack_states(states))
+        for (index, row), state in zip(rows, split_states(new_state)):
+            slots[index].states[row] = state
+            slots[index].counts[row] += 1
+        answers = []
+        for index, slot in enumerate(slots):
+            slot.frames_seen += 1
+            best = max((i for i, (s, _) in enumerate(rows) if s == index), key=lambda i: slots[index].counts[rows[i][1]])
+            answers.append(best)
+        return logits[answers]

@@ -122,6 +122,8 @@ class MoViNet(nn.Module):
             tensor = state.get(name)
             if tensor is not None and tuple(tensor.shape) != (batch, *shape):
                 problems.append(f"{name} has shape {tuple(tensor.shape)}, expected {(batch, *shape)}")
+        if len(problems) > 8:
+            problems = [*problems[:8], f"... and {len(problems) - 8} more"]
         if problems:
             raise ValueError(
                 f"state does not fit {self.name} at batch {batch}, {height}x{width}: " + "; ".join(problems)

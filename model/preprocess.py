@@ -38,3 +38,55 @@ def preprocess_frames(frames, size: int, short_side: int | None = None, antialia
     top, left = (new_h - size) // 2, (new_w - size) // 2
     video = video[..., top : top + size, left : left + size]
     return (video / 255.0).clamp_(0.0, 1.0).contiguous()
+
+
+class TimestampResampler:
+    """Resample a stream of frames to a fixed frame rate by their timestamps, not their arrival.
+
+    ``push(pts)`` says how many model frames the frame with presentation time ``pts`` (seconds)
+    stands for: 0 (dropped: the model's grid has not advanced, or time went backwards), 1, or more
+    (the source is slower than the model; the frame is repeated so that the model's sense of
+    speed stays right). Grid point ``k`` is ``start + k / fps`` and takes the first frame at or
+    after it, so no frame waits for its successor. A gap longer than ``max_gap`` seconds (a stalled
+    camera) re-anchors the grid instead of repeating one frame for the whole gap.
+    """
+
+    def __init__(self, fps: float, max_gap: float = 1.0) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.fps = fps
+        self.max_gap = max_gap
+        self.next_index = 0
+        self.start: float | None = None
+        self.last_pts: float | None = None
+
+    def grid_time(self, index: int) -> float:
+        return (self.start or 0.0) + index / self.fps
+
+    def push(self, pts: float) -> int:
+        if self.start is None:
+            self.start, self.last_pts, self.next_index = pts, pts, 1
+            return 1
+        if pts < self.last_pts:
+            return 0
+        if pts - self.last_pts > self.max_gap:
+            self.start, self.next_index = pts, 1
+            self.last_pts = pts
+            return 1
+        self.last_pts = pts
+        count = 0
+        # a small tolerance so that a 25 fps source hits a 5 fps grid exactly despite rounding
+        while self.grid_time(self.next_index) <= pts + 1e-6:
+            self.next_index += 1
+            count += 1
+        return count
+
+
+def prepare_frame(rgb, size: int, short_side: int | None = None) -> Tensor:
+    """One decoded RGB frame (``uint8 [H, W, 3]``) -> the model's input frame ``[3, size, size]``.
+
+    This is the one function the service and the evaluation share for camera frames: resize the
+    short side (with antialiasing, since camera frames are much larger than the model's input),
+    centre crop, scale to [0, 1].
+    """
+    return preprocess_frames(rgb, size, short_side=short_side, antialias=True)[:, 0]

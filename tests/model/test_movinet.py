@@ -149,3 +149,18 @@ def test_hard_sigmoid_is_a_model_option_with_the_checkpoint_default():
 
     assert torch.allclose(hard_sigmoid_keras2(x), torch.tensor([0.0, 0.5, 0.7, 1.0]))
     assert torch.allclose(hard_sigmoid_model_garden(x), torch.tensor([0.0, 0.50001, 0.66668, 1.00002]))
+
+
+def test_folding_batchnorm_keeps_the_outputs():
+    from model.optimize import optimize_for_inference
+
+    net = randomized("movinet_test_stream", use_positional_encoding=True)
+    fast = optimize_for_inference(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fast.modules())
+    video = torch.rand(2, 3, 4, 33, 33)
+    with torch.no_grad():
+        expected, expected_state = net(video)
+        got, got_state = fast(video)
+    assert torch.allclose(got, expected, atol=1e-5)
+    for key in expected_state:
+        assert torch.allclose(got_state[key].float(), expected_state[key].float(), atol=1e-5), key

@@ -1,0 +1,137 @@
+"""Write a synthetic camera-motion video and its per-frame ground truth.
+
+    python tools/make_test_video.py OUT.mp4 --segments "pan left:3,zoom in:3,static:2" \\
+        --fps 25 --size 320x240 --seed 1 [--y4m OUT.y4m] [--codec h264|vp8]
+
+The video (H.264 in .mp4, VP8 in .webm) and an optional raw yuv420p ``.y4m`` (what Chromium's
+``--use-file-for-fake-video-capture`` reads) come from one pass over the frames, so a ten-minute
+``--duration 600`` video never sits in memory. ``OUT.json`` holds fps, size, class names, the
+segments and one label per frame. Motion speeds are in real units (frame short sides per second,
+degrees per second), so the video resampled to the model's rate and size matches the training clips.
+The rendering lives in :mod:`model.datasets.motion`; this file only parses and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.datasets.motion import (  # noqa: E402
+    CLASS_INDEX,
+    CLASSES,
+    PHOTO_FILES,
+    PROCEDURAL,
+    MotionConfig,
+    VideoWriter,
+    clip_source,
+    iter_sequence,
+    random_segments,
+    segment_frames,
+)
+
+
+def parse_segments(text: str) -> list[tuple[int, float]]:
+    """``"pan left:3,zoom in:2.5"`` -> ``[(1, 3.0), (5, 2.5)]``; a label may also be its index."""
+    segments = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, seconds = item.rpartition(":")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"segment {item!r} is not 'label:seconds'")
+        name = name.strip()
+        label = int(name) if name.isdigit() else CLASS_INDEX.get(name)
+        if label is None or not 0 <= label < len(CLASSES):
+            raise argparse.ArgumentTypeError(f"unknown class {name!r}; choose from {', '.join(CLASSES)}")
+        segments.append((label, float(seconds)))
+    if not segments:
+        raise argparse.ArgumentTypeError("no segments given")
+    return segments
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT")
+    return int(width), int(height)
+
+
+def ground_truth(segments: list[tuple[int, float]], config: MotionConfig, seed: int) -> dict:
+    bounds = segment_frames(segments, config.fps)
+    frame_labels = [
+        label for (label, _), (start, end) in zip(segments, bounds, strict=True) for _ in range(start, end)
+    ]
+    return {
+        "fps": config.fps,
+        "size": [config.width, config.height],
+        "classes": list(CLASSES),
+        "seed": seed,
+        "split": config.split,
+        "source": clip_source(seed, config),
+        "num_frames": len(frame_labels),
+        "segments": [
+            {
+                "label": label,
+                "name": CLASSES[label],
+                "start_frame": start,
+                "end_frame": end,
+                "start_s": start / config.fps,
+                "end_s": end / config.fps,
+            }
+            for (label, _), (start, end) in zip(segments, bounds, strict=True)
+        ],
+        "frame_labels": frame_labels,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output", type=Path, help="video file: .mp4 (H.264), .webm (VP8) or .mkv")
+    program = parser.add_mutually_exclusive_group(required=True)
+    program.add_argument("--segments", type=parse_segments, help='e.g. "pan left:3,zoom in:3,static:2"')
+    program.add_argument("--duration", type=float, help="seconds of random segments instead")
+    parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--size", type=parse_size, default=(320, 240), help="WIDTHxHEIGHT, even numbers")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--split", choices=["train", "heldout"], default="heldout")
+    parser.add_argument("--source", choices=sorted(PHOTO_FILES) + [PROCEDURAL], help="force a picture")
+    parser.add_argument("--codec", choices=["h264", "vp8"], help="default: from the file suffix")
+    parser.add_argument("--quality", type=int, help="encoder CRF (lower is better; default 23 / 10)")
+    parser.add_argument("--y4m", type=Path, help="also write raw yuv420p y4m here")
+    parser.add_argument("--clean", action="store_true", help="no noise, blur, distractors or JPEG")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    width, height = args.size
+    config = MotionConfig(size=(width, height), fps=args.fps, split=args.split, source=args.source)
+    if args.clean:
+        config = config.without_nuisances()
+    segments = args.segments or random_segments(args.seed, args.duration, config=config)
+    truth = ground_truth(segments, config, args.seed)
+
+    writers = [VideoWriter(args.output, args.fps, width, height, codec=args.codec, quality=args.quality)]
+    if args.y4m is not None:
+        writers.append(VideoWriter(args.y4m, args.fps, width, height))
+    try:
+        for index, (frame, label) in enumerate(iter_sequence(segments, args.seed, config)):
+            if label != truth["frame_labels"][index]:
+                raise RuntimeError(f"frame {index}: renderer label {label} != ground truth")
+            for writer in writers:
+                writer.write(frame)
+    finally:
+        for writer in writers:
+            writer.close()
+
+    truth["video"] = args.output.name
+    truth["y4m"] = args.y4m.name if args.y4m is not None else None
+    args.output.with_suffix(".json").write_text(json.dumps(truth, indent=1) + "\n")
+    return truth
+
+
+if __name__ == "__main__":
+    main()

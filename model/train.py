@@ -81,6 +81,20 @@ def to_video(clips: torch.Tensor, device: torch.device) -> torch.Tensor:
     return clips.to(device).permute(0, 4, 1, 2, 3).float().div_(255.0)
 
 
+def warmup_cosine(total_steps: int, warmup_fraction: float = 0.1, floor: float = 0.02):
+    """LR factor per step: linear warm-up, then cosine decay. A function of the step alone, so a
+    resumed run with more epochs simply continues on the longer schedule."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return max(floor, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return factor
+
+
 def prefix_loss(logits: torch.Tensor, labels: torch.Tensor, min_frames: int, smoothing: float) -> torch.Tensor:
     """Cross-entropy of the per-frame outputs ``[B, T, K]`` of every prefix of >= ``min_frames`` frames."""
     useful = logits[:, min_frames - 1 :]
@@ -158,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(clips) / args.batch_size)
     total_steps = args.max_steps or steps_per_epoch * args.epochs
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps, pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
     use_scaler = args.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16

@@ -187,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
         net.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
         step, start_epoch, history = saved["step"], saved["epoch"], json.loads(saved["history"])
+        # The schedule is a function of the step: continue it at the saved step (possibly on a
+        # longer run) instead of restoring the old scheduler object.
+        scheduler.last_epoch = step - 1
+        scheduler.step()
         print(f"resumed from {checkpoint_path} at epoch {start_epoch}, step {step}", file=sys.stderr)
 
     generator = torch.Generator().manual_seed(args.seed)

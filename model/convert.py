@@ -119,9 +119,13 @@ def convert_tf_variables(variables: dict[str, np.ndarray], net: MoViNet) -> dict
         if target.endswith(".weight") and value.ndim >= 4:
             leaf = key.rsplit("/", 1)[-1]
             value = _kernel_to_torch(value, leaf == "depthwise_kernel", "temporal" in key)
+        if target.endswith(("rezero", "pos_scale")):
+            if value.size != 1:
+                raise ValueError(f"{key}: expected one scale value, got shape {value.shape}")
+            value = value.reshape(())  # TF's Scale layer stores a [1] vector
         if target in out:
             raise ValueError(f"two checkpoint variables map to {target} (the second is {key})")
-        out[target] = torch.from_numpy(np.ascontiguousarray(value))
+        out[target] = torch.from_numpy(np.array(value, order="C"))  # ascontiguousarray would make 0-d arrays 1-d
     if unplaced:
         raise ValueError(f"{len(unplaced)} checkpoint variables have no place in {net.name}: " + "; ".join(unplaced[:10]))
     return out

@@ -131,11 +131,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--label-smoothing", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rezero-init", type=float, default=1.0,
+                        help="initial ReZero scale of every block (TF uses 0; from scratch on a CPU budget, "
+                             "0 leaves the residual branches without gradient for the first epoch)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast; on CUDA, fp16 with a grad scaler)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
     parser.add_argument("--workers", type=int, default=2, help="processes rendering the data set")
+    parser.add_argument("--bn-momentum", type=float, default=0.1, help="BatchNorm momentum while training")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--export", action="store_true", help="only write the weights file from OUT/last.pt")
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
     return parser.parse_args(argv)
 
@@ -169,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     ).to(device)
     if not net.causal:
         raise SystemExit(f"{args.model} is not a stream model; train a *_stream model")
+    with torch.no_grad():
+        for block in net.blocks:
+            block.rezero.fill_(args.rezero_init)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            # Keras' 0.99 (PyTorch 0.01) suits fine-tuning; from scratch, running statistics must
+            # follow weights that change fast, or evaluation lags far behind training.
+            module.momentum = args.bn_momentum
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(clips) / args.batch_size)
     total_steps = args.max_steps or steps_per_epoch * args.epochs
@@ -181,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     step, start_epoch, history = 0, 0, []
     checkpoint_path = out / "last.pt"
-    if args.resume:
+    if args.resume or args.export:
         if not checkpoint_path.is_file():
             raise SystemExit(f"--resume: no checkpoint at {checkpoint_path}")
         saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
@@ -194,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         scheduler.step()
         print(f"resumed from {checkpoint_path} at epoch {start_epoch}, step {step}", file=sys.stderr)
 
+    if args.export:
+        start_epoch = args.epochs  # skip training: write what the resumed checkpoint holds
     generator = torch.Generator().manual_seed(args.seed)
     started = time.time()
     for epoch in range(start_epoch, args.epochs):

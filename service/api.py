@@ -1,0 +1,151 @@
+"""HTTP routes. Thin: parse, call one function of :class:`SessionService`, return a schema."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.errors import ApiError
+from service.registry import ModelRegistry
+from service.schemas import (
+    ErrorResponse,
+    ModelEntry,
+    ModelLabels,
+    ModelList,
+    SessionCreate,
+    SessionCreated,
+    SessionPage,
+    SessionStatus,
+)
+from service.sessions import SessionService
+from service.settings import Settings
+
+
+def _service(request: Request) -> SessionService:
+    return request.app.state.sessions
+
+
+def _bearer(authorization: Annotated[str | None, Header()] = None) -> str | None:
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip() or None
+    return None
+
+
+def _api_key(bearer: Annotated[str | None, Depends(_bearer)],
+             x_api_key: Annotated[str | None, Header()] = None) -> str | None:
+    return x_api_key or bearer
+
+
+def _require_api_key(service: Annotated[SessionService, Depends(_service)],
+                     key: Annotated[str | None, Depends(_api_key)]) -> None:
+    service.check_api_key(key)
+
+
+Service = Annotated[SessionService, Depends(_service)]
+Bearer = Annotated[str | None, Depends(_bearer)]
+ApiKey = Annotated[str | None, Depends(_api_key)]
+TokenQuery = Annotated[str | None, Query(alias="token", description="Session token (instead of the header).")]
+
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 422, 429, 503)}
+
+sessions = APIRouter(tags=["sessions"], responses=ERRORS)
+models = APIRouter(tags=["models"], responses=ERRORS)
+ops = APIRouter(tags=["operations"])
+
+
+def _base_url(request: Request, settings: Settings) -> str:
+    base = (settings.public_url or str(request.base_url)).rstrip("/")
+    return "ws" + base[4:] if base.startswith("http") else base
+
+
+@sessions.post("/sessions", status_code=201, response_model=SessionCreated,
+               dependencies=[Depends(_require_api_key)],
+               summary="Create a session",
+               description="Creates a session and returns its secret token. Then open `frames_url` "
+               "(WebSocket) with `?token=...` to send frames and get labels.")
+async def create_session(body: SessionCreate, request: Request, service: Service) -> SessionCreated:
+    record, token, loaded = await service.create(body)
+    base = _base_url(request, service.settings)
+    return SessionCreated(
+        session_id=record.session_id, token=token, model=loaded.name, weights=loaded.weights,
+        frame_rate=loaded.frame_rate, input_size=loaded.input_size,
+        frames_url=f"{base}/sessions/{record.session_id}/stream",
+        labels_url=f"{base}/sessions/{record.session_id}/labels",
+        expires_at=record.expires_at,
+    )
+
+
+@sessions.get("/sessions", response_model=SessionPage, dependencies=[Depends(_require_api_key)],
+              summary="List sessions (paged, oldest first)")
+async def list_sessions(service: Service, cursor: str | None = None,
+                        limit: Annotated[int, Query(ge=1, le=200)] = 50) -> SessionPage:
+    try:
+        records, next_cursor = await service.store.sessions.list(cursor, limit)
+    except ValueError:
+        raise ApiError(400, "bad_cursor", "the cursor is not one this server returned") from None
+    return SessionPage(sessions=[await service.status(r) for r in records], next_cursor=next_cursor,
+                       total=await service.store.sessions.count())
+
+
+@sessions.get("/sessions/{session_id}", response_model=SessionStatus, summary="A session's status",
+              description="Needs the session's token (`Authorization: Bearer` or `?token=`) or an API key.")
+async def get_session(session_id: str, service: Service, bearer: Bearer, api_key: ApiKey,
+                      token: TokenQuery = None) -> SessionStatus:
+    record = await service.get(session_id)
+    service.check_token(record, token or bearer, api_key)
+    return await service.status(record)
+
+
+@sessions.delete("/sessions/{session_id}", status_code=204, summary="Close a session",
+                 description="Closes its sockets (code 4410) and forgets its state and results.")
+async def delete_session(session_id: str, service: Service, bearer: Bearer, api_key: ApiKey,
+                         token: TokenQuery = None) -> Response:
+    record = await service.get(session_id)
+    service.check_token(record, token or bearer, api_key)
+    await service.delete(session_id, reason="deleted")
+    return Response(status_code=204)
+
+
+@models.get("/models", response_model=ModelList, summary="Models that sessions can use")
+async def list_models(request: Request) -> ModelList:
+    registry: ModelRegistry = request.app.state.registry
+    return ModelList(models=[ModelEntry(**entry) for entry in registry.catalog()])
+
+
+@models.get("/models/{name}/labels", response_model=ModelLabels, summary="A model's class names, by id")
+async def model_labels(name: str, request: Request, weights: str | None = None) -> ModelLabels:
+    registry: ModelRegistry = request.app.state.registry
+    loaded = await registry.load(name, weights)
+    return ModelLabels(name=loaded.name, weights=loaded.weights, labels=loaded.labels)
+
+
+@ops.get("/healthz", summary="Liveness: the process and its inference loop run")
+async def healthz(request: Request) -> JSONResponse:
+    alive = request.app.state.inference.alive
+    return JSONResponse({"status": "ok" if alive else "inference_loop_dead"}, status_code=200 if alive else 503)
+
+
+@ops.get("/readyz", summary="Readiness: model loaded and warm, store reachable, not draining")
+async def readyz(request: Request) -> JSONResponse:
+    state = request.app.state
+    reasons = []
+    if state.draining:
+        reasons.append("draining")
+    if not state.inference.alive:
+        reasons.append("inference_loop_dead")
+    if state.settings.preload and not state.registry.loaded:
+        reasons.append(f"model_loading_failed: {state.model_error}" if state.model_error else "model_loading")
+    if not await state.store.ping():
+        reasons.append("store_unreachable")
+    if reasons:
+        return JSONResponse({"status": "not_ready", "reasons": reasons}, status_code=503)
+    return JSONResponse({"status": "ready", "models": [m.key for m in state.registry.loaded],
+                         "sessions": await state.store.sessions.count()})
+
+
+@ops.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

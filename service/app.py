@@ -1,0 +1,137 @@
+"""The FastAPI application: :func:`create_app` wires everything in the lifespan, onto ``app.state``.
+
+Nothing here does I/O at import time; ``create_app`` only declares routes. The lifespan builds
+the store, the model registry (and loads the default model in the background), the inference
+loop and the session service, and on shutdown closes every socket (1012) before stopping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import api, ws
+from service.errors import ApiError
+from service.inference import InferenceLoop
+from service.logs import kv
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+from service.sessions import SessionService
+from service.settings import Settings
+from service.store import create_store
+
+log = logging.getLogger("service.app")
+
+DESCRIPTION = """Live action recognition on video streams with MoViNet stream models.
+
+1. `POST /sessions` → `session_id`, `token`, `frames_url`, `labels_url`.
+2. Open `frames_url?token=TOKEN` (WebSocket). Send frames as **binary** messages: one JPEG/PNG/WebP
+   image per message (optionally preceded by `{"type": "frame", "pts": seconds}`), or the chunks of
+   one WebM / fragmented-or-faststart MP4 / raw H.264 stream. Control messages are JSON text:
+   `frame`, `start`, `eos`, `ping`.
+3. The server answers each model frame with
+   `{"type": "result", "seq", "pts", "frame_index", "labels": [{"id", "name", "score"}], "lag_ms", "dropped"}`;
+   bad input gets `{"type": "error", "code", "message"}` and the session goes on.
+4. `labels_url?token=TOKEN` streams the same results to other clients (dashboards);
+   `?after_seq=N` on either socket replays retained results after `N`.
+5. `DELETE /sessions/{id}` when done (or let it expire when idle).
+
+WebSocket close codes: 1000 normal (after `eos`), 1009 message over the transport cap,
+1011 internal error, 1012 server shutting down, 4400 bad query, 4401 missing token,
+4403 wrong token, 4404 unknown session, 4409 another client already streams into the session,
+4410 session deleted or expired, 4429 too many labels sockets.
+HTTP errors are `{"error": {"code", "message"}}`. Full protocol: `service/README-API.md`.
+"""
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        import torch
+
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        state = app.state
+        state.settings = settings
+        state.loop = asyncio.get_running_loop()
+        state.draining = False
+        state.model_error = None
+        state.metrics = metrics = Metrics()
+        state.store = store = create_store(settings.redis_url, settings.results_cap)
+        state.registry = registry = ModelRegistry(settings.model, settings.weights, settings.allow_random_weights)
+        state.inference = inference = InferenceLoop(
+            store, registry, metrics, max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms,
+            checkpoint_every=settings.checkpoint_every)
+        state.sessions = sessions = SessionService(settings, store, registry, inference, metrics)
+        state.image_pool = image_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        inference.start()
+        sessions.start()
+        preload = asyncio.create_task(_preload(app)) if settings.preload else None
+        log.info(kv("started", store=store.kind, model=settings.model, torch_threads=torch.get_num_threads()))
+        try:
+            yield
+        finally:
+            state.draining = True
+            if preload is not None:
+                preload.cancel()
+            await sessions.drain()
+            await sessions.stop()
+            await inference.stop()
+            image_pool.shutdown(wait=False, cancel_futures=True)
+            await store.close()
+            log.info(kv("stopped"))
+
+    app = FastAPI(title="MoViNet live action recognition", version="0.1.0", description=DESCRIPTION,
+                  lifespan=lifespan)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        return _error(422, "invalid_request", problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    app.include_router(api.sessions)
+    app.include_router(api.models)
+    app.include_router(api.ops)
+    app.include_router(ws.router)
+
+    static = Path(str(resources.files("service") / "static"))
+    if (static / "index.html").is_file():
+        @app.get("/", include_in_schema=False)
+        async def index() -> FileResponse:
+            return FileResponse(static / "index.html")
+
+    return app
+
+
+async def _preload(app: FastAPI) -> None:
+    settings: Settings = app.state.settings
+    try:
+        loaded = await app.state.registry.load(settings.model, settings.weights)
+        app.state.metrics.model_loaded(loaded.name)
+    except Exception as exc:
+        app.state.model_error = getattr(exc, "message", None) or repr(exc)
+        log.error(kv("preload_failed", model=settings.model, weights=settings.weights, error=app.state.model_error))

@@ -1,0 +1,70 @@
+"""Prometheus metrics, one registry per app (so that tests can build many apps in one process).
+
+Names follow Prometheus conventions: prefix ``movinet_``, base units, ``_total`` on counters, and
+no session ids in labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.sessions_active = Gauge("movinet_sessions_active", "Open sessions.", registry=registry)
+        self.sessions_created = Counter("movinet_sessions_created_total", "Sessions created.", ["source"],
+                                        registry=registry)
+        self.sessions_closed = Counter("movinet_sessions_closed_total", "Sessions closed.", ["reason"],
+                                       registry=registry)
+        self.connections = Gauge("movinet_ws_connections", "Open WebSockets.", ["role"], registry=registry)
+        self.messages_received = Counter("movinet_ws_messages_received_total", "Messages from clients.",
+                                         ["kind"], registry=registry)
+        self.frames_received = Counter(
+            "movinet_frames_received_total", "Model frames accepted into sessions (after resampling).",
+            ["input"], registry=registry)
+        self.frames_processed = Counter("movinet_frames_processed_total", "Model frames inferred.",
+                                        ["model"], registry=registry)
+        self.frames_dropped = Counter(
+            "movinet_frames_dropped_total", "Frames dropped: backpressure, too_large, late, error.",
+            ["reason"], registry=registry)
+        self.decode_errors = Counter("movinet_decode_errors_total", "Undecodable inputs.", ["code"],
+                                     registry=registry)
+        self.decode_seconds = Histogram("movinet_decode_duration_seconds", "Still image decode + resize.",
+                                        buckets=LATENCY_BUCKETS, registry=registry)
+        self.inference_seconds = Histogram("movinet_inference_duration_seconds", "One batched forward.",
+                                           ["model"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.batch_size = Histogram("movinet_batch_size", "Sessions per forward.", ["model"],
+                                    buckets=BATCH_BUCKETS, registry=registry)
+        self.queue_wait_seconds = Histogram(
+            "movinet_queue_wait_seconds", "Frame received → its forward starts.", buckets=LATENCY_BUCKETS,
+            registry=registry)
+        self.frame_latency_seconds = Histogram(
+            "movinet_frame_latency_seconds", "Frame received → its label stored (server side).",
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self.frames_pending = Gauge("movinet_frames_pending", "Model frames waiting for inference.",
+                                    registry=registry)
+        self.queue_lag_seconds = Gauge("movinet_queue_lag_seconds", "Age of the oldest frame in the last batch.",
+                                       registry=registry)
+        self.inference_errors = Counter("movinet_inference_errors_total", "Failed forwards.",
+                                        registry=registry)
+
+        # Children that exist from the start, so that dashboards and alerts see zeros, not gaps.
+        for reason in ("backpressure", "too_large", "late", "error"):
+            self.frames_dropped.labels(reason)
+        for kind in ("image", "video"):
+            self.frames_received.labels(kind)
+        for role in ("stream", "labels"):
+            self.connections.labels(role)
+        self.sessions_created.labels("websocket")
+
+    def model_loaded(self, name: str) -> None:
+        self.frames_processed.labels(name)
+        self.inference_seconds.labels(name)
+        self.batch_size.labels(name)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,151 @@
+"""Which models the service can run, loaded once each and shared by all their sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import ApiError
+from service.logs import kv
+
+log = logging.getLogger("service.registry")
+
+RANDOM = "random"  # the weights tag of an untrained model (only with allow_random_weights)
+
+
+@dataclass
+class LoadedModel:
+    """One network in eval mode plus what sessions need to know about it."""
+
+    name: str
+    weights: str
+    net: Any  # torch.nn.Module from model.create_model
+    input_size: int
+    short_side: int  # frames are resized to this short side, then centre-cropped to input_size
+    frame_rate: float
+    clip_frames: int
+    labels: list[str]
+    _windows: dict[int, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.weights}"
+
+    def windowed(self, window: int) -> Any:
+        """The shared ``model.streaming.WindowedStream`` for a window length."""
+        with self._lock:
+            stream = self._windows.get(window)
+            if stream is None:
+                from model.streaming import WindowedStream
+
+                stream = self._windows[window] = WindowedStream(self.net, window=window)
+            return stream
+
+
+class ModelRegistry:
+    def __init__(self, default_model: str, default_weights: str | None, allow_random_weights: bool):
+        self.default_model = default_model
+        self.default_weights = default_weights
+        self.allow_random_weights = allow_random_weights
+        self._loaded: dict[str, LoadedModel] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def catalog(self) -> list[dict[str, Any]]:
+        """Every stream model with weights that can be loaded (no model is built for this)."""
+        import model
+
+        entries = []
+        for name in model.list_models():
+            if model.model_info(name).mode != "stream":
+                continue  # base models pool over whole clips: no frame-by-frame state to serve
+            weights = list(model.available_weights(name))
+            if self.allow_random_weights:
+                weights.append(RANDOM)
+            if not weights:
+                continue
+            info = model.model_info(name)
+            entry: dict[str, Any] = {
+                "name": name, "weights": weights, "default": name == self.default_model,
+                "input_size": info.input_size, "frame_rate": info.frame_rate, "clip_frames": info.clip_frames,
+                "loaded": False,
+            }
+            for tag in weights:
+                loaded = self._loaded.get(f"{name}:{tag}")
+                if loaded is not None:
+                    entry.update(loaded=True, num_classes=len(loaded.labels))
+                    break
+            entries.append(entry)
+        return entries
+
+    def resolve(self, name: str | None, weights: str | None) -> tuple[str, str]:
+        """(name, weights tag) for a request, or an :class:`ApiError` that says why not."""
+        import model
+
+        name = name or self.default_model
+        if name not in model.list_models():
+            raise ApiError(404, "unknown_model", f"no model named {name!r}; see GET /models")
+        if model.model_info(name).mode != "stream":
+            raise ApiError(422, "model_not_streamable", f"{name} is a base model; use a *_stream model")
+        available = list(model.available_weights(name))
+        if self.allow_random_weights:
+            available.append(RANDOM)
+        if weights is None:
+            weights = self.default_weights if name == self.default_model and self.default_weights else None
+        if weights is None:
+            if not available:
+                raise ApiError(422, "no_weights", f"no weights are available for {name}")
+            weights = available[0]
+        if weights not in available:
+            raise ApiError(422, "no_weights", f"weights {weights!r} not available for {name}: {available}")
+        return name, weights
+
+    def get_loaded(self, key: str) -> LoadedModel | None:
+        return self._loaded.get(key)
+
+    async def load(self, name: str | None = None, weights: str | None = None) -> LoadedModel:
+        name, weights = self.resolve(name, weights)
+        key = f"{name}:{weights}"
+        if key in self._loaded:
+            return self._loaded[key]
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key not in self._loaded:
+                self._loaded[key] = await asyncio.to_thread(_build, name, weights)
+        return self._loaded[key]
+
+    @property
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._loaded.values())
+
+
+def _build(name: str, weights: str) -> LoadedModel:
+    import time
+
+    import torch
+
+    import model
+
+    started = time.perf_counter()
+    net = model.create_model(name, weights=None if weights == RANDOM else weights)
+    net.eval()
+    info = net.info
+    if info.mode != "stream":
+        raise ApiError(422, "model_not_streamable", f"{name} is not a stream model")
+    loaded = LoadedModel(
+        name=name, weights=weights, net=net, input_size=int(info.input_size),
+        short_side=int(getattr(info, "eval_min_size", 0) or info.input_size),
+        frame_rate=float(info.frame_rate), clip_frames=int(info.clip_frames), labels=list(net.labels),
+    )
+    with torch.inference_mode():  # warm up: first calls allocate and pick kernels
+        size = loaded.input_size
+        state = net.init_state(2, size, size)
+        for _ in range(2):
+            _, state = net(torch.zeros(2, 3, 1, size, size), state)
+    log.info(kv("model_loaded", model=name, weights=weights, input_size=loaded.input_size,
+                frame_rate=loaded.frame_rate, clip_frames=loaded.clip_frames,
+                seconds=time.perf_counter() - started))
+    return loaded

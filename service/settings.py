@@ -1,0 +1,91 @@
+"""The service's one configuration object, read once from ``MOVINET_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DropPolicy = Literal["drop_oldest", "newest_only"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. ``MOVINET_<FIELD>`` in the environment sets a field.
+
+    Limits have defaults sized for one CPU machine; a request over a limit gets a 4xx JSON error
+    (HTTP) or an ``{"type": "error"}`` message (WebSocket), never a crash.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MOVINET_", env_file=None, extra="ignore")
+
+    # Network.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = Field(
+        None, description="Base URL clients use to reach this server (for frames_url/labels_url); "
+        "default: taken from the request."
+    )
+
+    # Models.
+    model: str = Field("movinet_a0_stream", description="Default model for new sessions.")
+    weights: str | None = Field(None, description="Default weights tag; None = the model's first available.")
+    allow_random_weights: bool = Field(
+        False, description="Serve models that have no trained weights (random init). For tests and demos."
+    )
+    preload: bool = Field(True, description="Load and warm the default model before /readyz turns ready.")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads for inference; 0 = torch's default.")
+
+    # Access.
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated API keys; empty = POST /sessions is open."
+    )
+
+    # Sessions.
+    max_sessions: int = Field(64, ge=1)
+    idle_timeout_s: float = Field(60.0, gt=0, description="Default idle timeout of a session.")
+    max_idle_timeout_s: float = Field(3600.0, gt=0)
+    reaper_interval_s: float = Field(1.0, gt=0)
+    max_watchers_per_session: int = Field(8, ge=1, description="Labels-only sockets per session.")
+
+    # Ingest limits.
+    max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted WS message.")
+    max_frame_pixels: int = Field(3840 * 2160, ge=64 * 64, description="Largest decoded frame (w*h).")
+    max_backlog: int = Field(8, ge=1, description="Model frames a session may have waiting for inference.")
+    drop_policy: DropPolicy = "drop_oldest"
+    max_video_buffer_bytes: int = Field(
+        16 * 1024 * 1024, ge=64 * 1024,
+        description="Undecoded video bytes buffered per stream before the socket stops reading.",
+    )
+    decode_threads: int = Field(2, ge=1, description="Threads decoding still images.")
+    exact_preprocess: bool = Field(
+        False, description="Resize with model.preprocess (torch) instead of swscale; slower, bit-exact."
+    )
+
+    # Inference.
+    max_batch: int = Field(64, ge=1, description="Most sessions in one forward.")
+    batch_wait_ms: float = Field(0.0, ge=0, description="Wait this long for more sessions before a forward.")
+    results_cap: int = Field(1000, ge=1, description="Results kept per session for resume.")
+    checkpoint_every: int = Field(0, ge=0, description="Checkpoint state every K frames (0 = never).")
+
+    # Storage (the Redis implementation comes with the worker pool).
+    redis_url: str | None = None
+
+    # Logging.
+    log_level: str = "info"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def ws_transport_max_bytes(self) -> int:
+        """The WebSocket layer's own cap: above it the socket closes with 1009.
+
+        Kept well above ``max_message_bytes`` so that an oversized message gets a polite error
+        and the connection goes on; only absurd messages cost the connection.
+        """
+        return 4 * self.max_message_bytes

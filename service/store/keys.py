@@ -1,0 +1,33 @@
+"""Every Redis key name, in one place (used by the Redis store that comes with the worker pool).
+
+All keys of a session share the hash tag ``{<session_id>}`` so that a session's keys live in one
+Redis Cluster slot and one Lua script may touch them all.
+"""
+
+from __future__ import annotations
+
+PREFIX = "movinet"
+
+
+def session(session_id: str) -> str:
+    return f"{PREFIX}:{{{session_id}}}:session"  # hash: the SessionRecord fields
+
+
+def frames(session_id: str) -> str:
+    return f"{PREFIX}:{{{session_id}}}:frames"  # stream: frame log, entry id = seq
+
+
+def results(session_id: str) -> str:
+    return f"{PREFIX}:{{{session_id}}}:results"  # stream: results, capped (MAXLEN)
+
+
+def checkpoint(session_id: str) -> str:
+    return f"{PREFIX}:{{{session_id}}}:checkpoint"  # hash: seq, state bytes, version
+
+
+def lease(session_id: str) -> str:
+    return f"{PREFIX}:{{{session_id}}}:lease"  # string with TTL: owner worker + fencing token
+
+
+SESSIONS_BY_CREATION = f"{PREFIX}:sessions"  # zset: session_id scored by creation time
+READY = f"{PREFIX}:ready"  # sessions with frames waiting for a worker

@@ -1,0 +1,203 @@
+"""Frames in, labels out over real WebSockets: pts, labels equal to an in-process run, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import av
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+
+from service.media import Resampler, fit_frame
+from tests.service.conftest import (
+    collect_until_close,
+    encode_video,
+    errors_of,
+    fitted,
+    moving_frames,
+    reference_probs,
+    results_of,
+    send_images,
+    stream_url,
+)
+
+pytestmark = pytest.mark.service
+
+
+def assert_matches_reference(results, expected: np.ndarray) -> None:
+    assert len(results) == len(expected)
+    for result, probs in zip(results, expected, strict=True):
+        ids = [label["id"] for label in result["labels"]]
+        top = np.argsort(-probs)
+        # The best label is the model's best (unless two scores tie within rounding).
+        assert ids[0] == top[0] or probs[ids[0]] == pytest.approx(probs[top[0]], abs=2e-3), (result, probs)
+        for label in result["labels"]:
+            assert label["score"] == pytest.approx(float(probs[label["id"]]), abs=2e-3)
+
+
+async def _stream_images(server, session, frames, pts, pace_s=0.01):
+    async with connect(stream_url(server, session)) as ws:
+        hello = json.loads(await ws.recv())
+        assert hello["type"] == "session" and hello["frame_rate"] == 5.0
+        await send_images(ws, frames, pts, pace_s=pace_s)
+        await ws.send(json.dumps({"type": "eos"}))
+        messages = await collect_until_close(ws)
+        return messages, ws.close_code
+
+
+def test_image_stream_labels_match_the_model_and_pts_line_up(server):
+    loaded = server.loaded()
+    frames = moving_frames(36, direction="right", seed=1)
+    pts = [1.0 + i / 10 for i in range(36)]  # 10 fps in, the model runs at 5 fps: every 2nd image
+    session = server.create(top_k=3)
+    messages, code = asyncio.run(_stream_images(server, session, frames, pts))
+    assert code == 1000
+    assert messages[-1] == {"type": "eos", "last_seq": 18, "complete": True}
+    results = results_of(messages)
+    assert not errors_of(messages)
+    assert [r["frame_index"] for r in results] == list(range(18))
+    assert [r["pts"] for r in results] == pytest.approx([1.0 + k / 5 for k in range(18)])
+    assert [r["seq"] for r in results] == list(range(1, 19))
+    assert all(r["dropped"] == 0 and len(r["labels"]) == 3 for r in results)
+    expected = reference_probs(loaded, [fitted(loaded, frames[2 * k]) for k in range(18)])
+    assert_matches_reference(results, expected)
+    assert len({json.dumps(r["labels"]) for r in results}) > 9  # labels depend on the input
+
+
+@pytest.mark.parametrize("container", ["webm", "fmp4"])
+def test_video_stream_chunks_are_decoded_incrementally(server, container):
+    loaded = server.loaded()
+    frames = moving_frames(45, width=176, height=144, direction="down", seed=2)
+    data = encode_video(frames, fps=15, container=container)
+    session = server.create(top_k=2)
+
+    async def run():
+        async with connect(stream_url(server, session)) as ws:
+            await ws.recv()
+            for i in range(0, len(data), 1500):  # like MediaRecorder chunks
+                await ws.send(data[i : i + 1500])
+                await asyncio.sleep(0.002)
+            await ws.send(json.dumps({"type": "eos"}))
+            return await collect_until_close(ws), ws.close_code
+
+    messages, code = asyncio.run(run())
+    assert code == 1000 and not errors_of(messages)
+    results = results_of(messages)
+    # The reference: decode the same bytes, keep one frame per model slot by pts, fit it the same way.
+    resampler, chosen, pts = Resampler(loaded.frame_rate), [], []
+    with av.open(__import__("io").BytesIO(data)) as source:
+        for frame in source.decode(video=0):
+            slots = resampler.push(float(frame.pts * frame.time_base))
+            for _ in slots or []:
+                chosen.append(fit_frame(frame, loaded.input_size, loaded.short_side))
+                pts.append(float(frame.pts * frame.time_base))
+    assert len(results) == len(chosen) == 15  # 3 s at 5 fps
+    assert [r["pts"] for r in results] == pytest.approx(pts)
+    assert [r["frame_index"] for r in results] == list(range(15))
+    assert_matches_reference(results, reference_probs(loaded, chosen))
+
+
+def test_raw_h264_without_timestamps_uses_the_declared_frame_rate(server):
+    frames = moving_frames(30, direction="left", seed=3)
+    data = encode_video(frames, fps=10, container="h264")
+    session = server.create(source={"type": "websocket", "input": "video", "frame_rate": 10})
+
+    async def run():
+        async with connect(stream_url(server, session)) as ws:
+            await ws.recv()
+            await ws.send(data)
+            await ws.send(json.dumps({"type": "eos"}))
+            return await collect_until_close(ws)
+
+    results = results_of(asyncio.run(run()))
+    assert [r["pts"] for r in results] == pytest.approx([k / 5 for k in range(15)])
+
+
+def test_two_sessions_in_parallel_get_their_own_labels(server):
+    """Batched together in one forward, each session still equals its own single-stream run."""
+    loaded = server.loaded()
+    videos = [moving_frames(30, direction="right", seed=4), moving_frames(30, direction="up", seed=5)]
+    pts = [i / 5 for i in range(30)]
+    sessions = [server.create(top_k=4), server.create(top_k=4)]
+
+    async def run():
+        return await asyncio.gather(*(_stream_images(server, s, v, pts, pace_s=0.02)
+                                      for s, v in zip(sessions, videos, strict=True)))
+
+    outcomes = asyncio.run(run())
+    batch_sizes = server.app.state.metrics.batch_size.labels(loaded.name)._sum.get()
+    for (messages, code), video in zip(outcomes, videos, strict=True):
+        assert code == 1000
+        results = results_of(messages)
+        assert_matches_reference(results, reference_probs(loaded, [fitted(loaded, f) for f in video]))
+    labels = [[r["labels"] for r in results_of(m)] for m, _ in outcomes]
+    assert all(a != b for a, b in zip(*labels, strict=True))
+    assert batch_sizes > 0
+
+
+def test_labels_socket_sees_the_same_results(server):
+    frames = moving_frames(20, seed=6)
+    session = server.create()
+
+    async def run():
+        async with connect(stream_url(server, session, "labels")) as watcher:
+            hello = json.loads(await watcher.recv())
+            assert hello["type"] == "session"
+            messages, _ = await _stream_images(server, session, frames, [i / 5 for i in range(20)])
+            watched = []
+            while len(watched) < len(results_of(messages)):
+                watched.append(json.loads(await asyncio.wait_for(watcher.recv(), 10)))
+            return results_of(messages), watched
+
+    produced, watched = asyncio.run(run())
+    assert watched == produced
+
+
+def test_resume_replays_results_after_a_seq(server):
+    frames = moving_frames(10, seed=7)
+    session = server.create()
+    messages, _ = asyncio.run(_stream_images(server, session, frames, [i / 5 for i in range(10)]))
+    produced = results_of(messages)
+
+    async def resume():
+        async with connect(stream_url(server, session, "labels", after_seq=6)) as ws:
+            await ws.recv()
+            return [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(4)]
+
+    assert asyncio.run(resume()) == produced[6:]
+
+
+def test_a_second_stream_continues_the_session_frame_grid(server):
+    session = server.create()
+    first, _ = asyncio.run(_stream_images(server, session, moving_frames(5, seed=8), [i / 5 for i in range(5)]))
+    second, _ = asyncio.run(_stream_images(server, session, moving_frames(5, seed=9), [i / 5 for i in range(5)]))
+    assert [r["frame_index"] for r in results_of(first)] == [0, 1, 2, 3, 4]
+    assert [r["frame_index"] for r in results_of(second)] == [5, 6, 7, 8, 9]
+    assert [r["seq"] for r in results_of(second)] == [6, 7, 8, 9, 10]
+
+
+def test_state_checkpoints_go_to_the_store_as_bytes(plumbing_weights):
+    """The seam for the Redis mode: every K frames the worker writes the session's state bytes."""
+    from model.streaming import Slot
+    from tests.service.conftest import run_server
+
+    with run_server(checkpoint_every=4, max_backlog=64) as server:
+        session = server.create()
+        asyncio.run(_stream_images(server, session, moving_frames(10, seed=10), [i / 5 for i in range(10)]))
+        store = server.app.state.store
+        future = asyncio.run_coroutine_threadsafe(store.checkpoints.load(session["session_id"]),
+                                                  server.app.state.loop)
+        seq, data = future.result(5)
+    assert seq == 8
+    slot = Slot.from_bytes(data)
+    assert slot.frames_seen == 8 and slot.window == server.loaded().clip_frames
+
+
+def test_the_browser_page_is_served(server):
+    import httpx
+
+    response = httpx.get(server.http + "/")
+    assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    assert "/sessions" in response.text

@@ -125,6 +125,16 @@ def tf_avg_pool_3x3_s2(x: Tensor) -> Tensor:
 # --- conv blocks ---------------------------------------------------------------------------------
 
 
+def conv_frames(conv: nn.Conv3d, x: Tensor) -> Tensor:
+    """``conv(x)`` for an already padded ``x``; one-frame inputs of ``(1, kh, kw)`` kernels run as
+    2D convolutions, which PyTorch's CPU kernels do several times faster than ``conv3d`` (the
+    streaming hot path is exactly this case)."""
+    if x.shape[2] == 1 and conv.kernel_size[0] == 1:
+        out = F.conv2d(x[:, :, 0], conv.weight[:, :, 0], conv.bias, conv.stride[1:], 0, 1, conv.groups)
+        return out[:, :, None]
+    return conv(x)
+
+
 def batch_norm(channels: int, eps: float) -> nn.BatchNorm3d:
     # Keras momentum 0.99 is PyTorch momentum 0.01; epsilon 1e-3 (not PyTorch's 1e-5).
     return nn.BatchNorm3d(channels, eps=eps, momentum=0.01)
@@ -156,7 +166,7 @@ class ConvBN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self._pointwise:
             x = same_pad_3d(x, self.kernel, self.stride)
-        return self.act(self.bn(self.conv(x)))
+        return self.act(self.bn(conv_frames(self.conv, x)))
 
 
 class StreamFeatureConv(nn.Module):
@@ -181,12 +191,21 @@ class StreamFeatureConv(nn.Module):
 
     def forward(self, x: Tensor, buffer: Tensor | None) -> tuple[Tensor, Tensor | None]:
         x = spatial_same_pad(x, self.kernel, self.stride)
-        x = self.act(self.bn(self.conv(x)))  # (B, E, T, H', W')
+        x = self.act(self.bn(conv_frames(self.conv, x)))  # (B, E, T, H', W')
         if self.buffer_frames == 0:
             return x, None
         full = torch.cat([buffer, x], dim=2)  # (B, E, kt-1+T, H', W')
         new_buffer = full[:, :, -self.buffer_frames :]
-        x = self.act(self.bn_temporal(self.conv_temporal(full)))  # (B, E, T, H', W')
+        if x.shape[2] == 1 and not torch.is_grad_enabled():
+            # one output frame: the depthwise temporal conv is a weighted sum of kt frames, which
+            # beats conv3d's CPU kernel by far at these shapes
+            weight = self.conv_temporal.weight.view(1, -1, self.buffer_frames + 1, 1, 1)
+            x = (full * weight).sum(dim=2, keepdim=True)
+            if self.conv_temporal.bias is not None:
+                x = x + self.conv_temporal.bias.view(1, -1, 1, 1, 1)
+        else:
+            x = self.conv_temporal(full)
+        x = self.act(self.bn_temporal(x))  # (B, E, T, H', W')
         return x, new_buffer
 
 
@@ -265,7 +284,7 @@ class Skip(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.pool:
             x = tf_avg_pool_3x3_s2(x)
-        return self.bn(self.conv(x))
+        return self.bn(conv_frames(self.conv, x))
 
 
 class MovinetBlock(nn.Module):

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .movinet import MoViNet
-from .preprocess import TimestampResampler, prepare_frame
+from .preprocess import TimestampResampler, fit_frame
 from .streaming import WindowedStream
 
 CAMERA_SIZE = (320, 240)
@@ -127,10 +127,10 @@ def camera_clip_inputs(net: MoViNet, decoded: list[tuple[float, np.ndarray]]) ->
     resampler = TimestampResampler(info.frame_rate)
     frames = []
     for pts, rgb in decoded:
-        repeats = resampler.push(pts)
-        if repeats:
-            prepared = prepare_frame(rgb, info.input_size, info.eval_min_size)
-            frames.extend([prepared] * repeats)
+        slots = resampler.push(pts)
+        if slots:  # the service keeps uint8 model frames, then scales them for the forward
+            prepared = torch.from_numpy(fit_frame(rgb, info.input_size, info.eval_min_size))
+            frames.extend([prepared.permute(2, 0, 1).float() / 255.0] * len(slots))
     return torch.stack(frames[: info.clip_frames], dim=1)
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import Activation, ClassifierHead, ConvBN, MovinetBlock, ceil_div
-from .specs import BackboneSpec, ModeSpec, ModelInfo
+from .specs import BackboneSpec, ModelInfo, ModeSpec
 
 State = dict[str, Tensor]
 

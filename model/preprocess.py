@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,45 +43,37 @@ def preprocess_frames(frames, size: int, short_side: int | None = None, antialia
 
 
 class TimestampResampler:
-    """Resample a stream of frames to a fixed frame rate by their timestamps, not their arrival.
+    """Maps input timestamps onto the model's frame grid ``t0 + k / fps`` (by pts, not arrival).
 
-    ``push(pts)`` says how many model frames the frame with presentation time ``pts`` (seconds)
-    stands for: 0 (dropped: the model's grid has not advanced, or time went backwards), 1, or more
-    (the source is slower than the model; the frame is repeated so that the model's sense of
-    speed stays right). Grid point ``k`` is ``start + k / fps`` and takes the first frame at or
-    after it, so no frame waits for its successor. A gap longer than ``max_gap`` seconds (a stalled
-    camera) re-anchors the grid instead of repeating one frame for the whole gap.
+    Slot ``k`` takes the first input frame whose pts is at or after ``t0 + k / fps`` (within 1 ms),
+    so a 25 fps input gives frames 0, 5, 10, ... to a 5 fps model whatever the arrival times, a
+    slower input repeats frames to keep the model's time axis, and a gap longer than ``max_gap_s``
+    (a stalled camera) is skipped rather than filled. The service and the evaluation share it.
     """
 
-    def __init__(self, fps: float, max_gap: float = 1.0) -> None:
+    def __init__(self, fps: float, max_gap_s: float = 1.0) -> None:
         if fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
+            raise ValueError(f"fps must be > 0, got {fps}")
         self.fps = fps
-        self.max_gap = max_gap
-        self.next_index = 0
-        self.start: float | None = None
+        self.max_gap_frames = max(1, int(round(max_gap_s * fps)))
+        self.t0: float | None = None
+        self.next_k = 0
         self.last_pts: float | None = None
 
-    def grid_time(self, index: int) -> float:
-        return (self.start or 0.0) + index / self.fps
-
-    def push(self, pts: float) -> int:
-        if self.start is None:
-            self.start, self.last_pts, self.next_index = pts, pts, 1
-            return 1
-        if pts < self.last_pts:
-            return 0
-        if pts - self.last_pts > self.max_gap:
-            self.start, self.next_index = pts, 1
-            self.last_pts = pts
-            return 1
+    def push(self, pts: float) -> list[int] | None:
+        """Grid slots this frame fills (often ``[]``); ``None`` when pts went backwards."""
+        if self.t0 is None:
+            self.t0 = pts
+        if self.last_pts is not None and pts < self.last_pts:
+            return None
         self.last_pts = pts
-        count = 0
-        # a small tolerance so that a 25 fps source hits a 5 fps grid exactly despite rounding
-        while self.grid_time(self.next_index) <= pts + 1e-6:
-            self.next_index += 1
-            count += 1
-        return count
+        position = (pts - self.t0) * self.fps
+        limit = math.floor(position + 1e-3 * self.fps)  # slots whose time is at or before pts
+        if limit - self.next_k >= self.max_gap_frames:
+            self.next_k = limit  # a gap: resume on the grid, do not invent frames
+        slots = list(range(self.next_k, limit + 1))
+        self.next_k = max(self.next_k, limit + 1)
+        return slots
 
 
 def prepare_frame(rgb, size: int, short_side: int | None = None) -> Tensor:
@@ -90,3 +84,9 @@ def prepare_frame(rgb, size: int, short_side: int | None = None) -> Tensor:
     centre crop, scale to [0, 1].
     """
     return preprocess_frames(rgb, size, short_side=short_side, antialias=True)[:, 0]
+
+
+def fit_frame(rgb: np.ndarray, size: int, short_side: int | None = None) -> np.ndarray:
+    """:func:`prepare_frame` back in uint8 ``[size, size, 3]``: what the service keeps per model frame."""
+    x = prepare_frame(rgb, size, short_side)  # (3, size, size)
+    return (x.permute(1, 2, 0) * 255.0).round_().to(torch.uint8).numpy()

@@ -16,7 +16,6 @@ Everything here is blocking and runs in threads, never on the event loop:
 from __future__ import annotations
 
 import io
-import math
 import queue
 import threading
 import time
@@ -27,6 +26,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from model.preprocess import TimestampResampler
+from model.preprocess import fit_frame as model_fit_frame
 from service.errors import MediaError
 
 IMAGE_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
@@ -60,20 +61,15 @@ def _crop_centre(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(rgb[top : top + size, left : left + size])
 
 
-def fit_frame(frame: av.VideoFrame, size: int, short_side: int | None = None, exact: bool = False) -> np.ndarray:
+def fit_frame(frame: av.VideoFrame, size: int, short_side: int | None = None, exact: bool = True) -> np.ndarray:
     """A decoded frame → uint8 RGB ``size x size x 3``: short side to ``short_side``, centre crop.
 
-    ``exact`` uses ``model.preprocess.preprocess_frames`` (torch, slower); the default does the
-    same geometry in swscale.
+    ``exact`` (the default) uses :func:`model.preprocess.fit_frame`, the function the model's
+    evaluation uses too; ``exact=False`` does the same geometry in swscale (faster, within a few
+    grey levels).
     """
     if exact:
-        import torch
-
-        from model.preprocess import preprocess_frames
-
-        x = preprocess_frames(frame.to_ndarray(format="rgb24")[None], size, short_side=short_side,
-                              antialias=True)  # (3, 1, size, size)
-        return (x[:, 0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        return model_fit_frame(frame.to_ndarray(format="rgb24"), size, short_side)
     new_h, new_w = resized_dims(frame.height, frame.width, size, short_side)
     # AREA when shrinking ~ the antialiased bilinear resize of preprocess_frames.
     interpolation = "AREA" if new_h < frame.height else "BILINEAR"
@@ -84,38 +80,8 @@ def fit_frame(frame: av.VideoFrame, size: int, short_side: int | None = None, ex
 # --- resampling by timestamps ------------------------------------------------------------------
 
 
-class Resampler:
-    """Maps input timestamps onto the model's frame grid ``t0 + k / fps``.
-
-    Slot ``k`` takes the first input frame whose pts is at or after ``t0 + k / fps`` (within 1 ms),
-    so a 30 fps input gives frames 0, 6, 12, ... to a 5 fps model whatever the arrival times, a
-    slower input repeats frames to keep the model's time axis, and a gap longer than ``max_gap_s``
-    is skipped rather than filled. Timestamps going backwards are refused (``None``).
-    """
-
-    def __init__(self, fps: float, max_gap_s: float = 1.0):
-        if fps <= 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
-        self.fps = fps
-        self.max_gap_frames = max(1, int(round(max_gap_s * fps)))
-        self.t0: float | None = None
-        self.next_k = 0
-        self.last_pts: float | None = None
-
-    def push(self, pts: float) -> list[int] | None:
-        """Grid slots this frame fills (often ``[]``); ``None`` when pts went backwards."""
-        if self.t0 is None:
-            self.t0 = pts
-        if self.last_pts is not None and pts < self.last_pts:
-            return None
-        self.last_pts = pts
-        position = (pts - self.t0) * self.fps
-        limit = math.floor(position + 1e-3 * self.fps)  # slots whose time is at or before pts
-        if limit - self.next_k >= self.max_gap_frames:
-            self.next_k = limit  # a gap: resume on the grid, do not invent frames
-        slots = list(range(self.next_k, limit + 1))
-        self.next_k = max(self.next_k, limit + 1)
-        return slots
+# One implementation for the service and the model's evaluation (model/evaluate.py).
+Resampler = TimestampResampler
 
 
 # --- model frames out of the decoders -------------------------------------------------------

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     )
     decode_threads: int = Field(2, ge=1, description="Threads decoding still images.")
     exact_preprocess: bool = Field(
-        False, description="Resize with model.preprocess (torch) instead of swscale; slower, bit-exact."
+        True, description="Resize with model.preprocess (as the model's evaluation does); false: swscale, faster."
     )
 
     # Inference.

@@ -27,12 +27,12 @@ def test_resampler_decimates_by_timestamp_and_repeats_for_slow_sources():
     from model.preprocess import TimestampResampler
 
     fast = TimestampResampler(5.0)
-    counts = [fast.push(i / 25) for i in range(51)]  # 2 s of 25 fps
-    assert sum(counts) == 11 and counts[0] == 1 and counts[5] == 1 and counts[4] == 0
+    slots = [fast.push(i / 25) for i in range(51)]  # 2 s of 25 fps
+    assert sum(len(s) for s in slots) == 11 and slots[0] == [0] and slots[5] == [1] and slots[4] == []
     jittery = TimestampResampler(5.0)
-    arrivals = [0.0, 0.19, 0.21, 0.41, 0.405, 0.6]  # out-of-order frame at 0.405 is dropped
-    assert [jittery.push(p) for p in arrivals] == [1, 0, 1, 1, 0, 1]
+    arrivals = [0.0, 0.19, 0.21, 0.41, 0.405, 0.6]  # pts going backwards is refused
+    assert [jittery.push(p) for p in arrivals] == [[0], [], [1], [2], None, [3]]
     slow = TimestampResampler(5.0)
-    assert [slow.push(p) for p in (0.0, 0.5, 1.0)] == [1, 2, 3]
-    stalled = TimestampResampler(5.0, max_gap=1.0)
-    assert [stalled.push(p) for p in (0.0, 10.0, 10.2)] == [1, 1, 1]
+    assert [slow.push(p) for p in (0.0, 0.5, 1.0)] == [[0], [1, 2], [3, 4, 5]]
+    stalled = TimestampResampler(5.0, max_gap_s=1.0)
+    assert [stalled.push(p) for p in (0.0, 10.0, 10.2)] == [[0], [50], [51]]

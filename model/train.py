@@ -107,7 +107,7 @@ def evaluate_clips(net, clips: np.ndarray, labels: np.ndarray, device, batch_siz
     net.eval()
     correct = 0
     for start in range(0, len(clips), batch_size):
-        video = to_video(torch.from_numpy(np.asarray(clips[start : start + batch_size])), device)
+        video = to_video(torch.from_numpy(np.array(clips[start : start + batch_size])), device)
         logits, _ = net(video)
         correct += (logits.argmax(-1).cpu().numpy() == labels[start : start + batch_size]).sum()
     return float(correct) / len(clips)
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(clips) / args.batch_size)
     total_steps = args.max_steps or steps_per_epoch * args.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
+    schedule = warmup_cosine(total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     use_scaler = args.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -203,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         step, start_epoch, history = saved["step"], saved["epoch"], json.loads(saved["history"])
         # The schedule is a function of the step: continue it at the saved step (possibly on a
         # longer run) instead of restoring the old scheduler object.
-        scheduler.last_epoch = step - 1
-        scheduler.step()
+        scheduler.last_epoch = step
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base_lr * schedule(step)
         print(f"resumed from {checkpoint_path} at epoch {start_epoch}, step {step}", file=sys.stderr)
 
     if args.export:
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.max_steps and step >= args.max_steps:
                 break
             index = order[batch_index * args.batch_size : (batch_index + 1) * args.batch_size].sort().values
-            batch = torch.from_numpy(np.asarray(clips[index.numpy()]))
+            batch = torch.from_numpy(np.array(clips[index.numpy()]))
             target = torch.from_numpy(labels[index.numpy()])
             flip = torch.rand(len(batch), generator=generator) < 0.5
             backwards = torch.rand(len(batch), generator=generator) < 0.5

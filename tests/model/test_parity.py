@@ -39,14 +39,17 @@ def load_fixture(folder: Path):
     return meta, net, io, video
 
 
-def check_variant(folder: Path) -> None:
+def check_variant(folder: Path, scaled: bool = False) -> None:
+    """``scaled``: tolerances relative to the largest reference value, for the deep random-weight
+    models where TF's own XLA and plain runs differ by ~2e-4 (tests/fixtures/parity/README.md)."""
     meta, net, io, video = load_fixture(folder)
     with torch.no_grad():
         logits, state = net(video)
+    reference = io["logits"] if meta["mode"] == "base" else io["logits_clip"]
+    atol = 1e-4 * max(1.0, float(np.abs(reference).max())) if scaled else 1e-4
+    np.testing.assert_allclose(logits.numpy(), reference, atol=atol, rtol=0)
     if meta["mode"] == "base":
-        np.testing.assert_allclose(logits.numpy(), io["logits"], atol=1e-4, rtol=0)
         return
-    np.testing.assert_allclose(logits.numpy(), io["logits_clip"], atol=1e-4, rtol=0)
     official = {key[len("state/"):]: io[key] for key in io.files if key.startswith("state/")}
     assert set(official) == set(state), set(official) ^ set(state)
     for name, expected in official.items():
@@ -55,13 +58,13 @@ def check_variant(folder: Path) -> None:
             expected = expected.transpose(0, 4, 1, 2, 3)
         else:  # official frame counts are [1] for the whole batch; ours are per row
             expected = np.broadcast_to(expected, ours.shape)
-        np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=1e-4 if scaled else 1e-5, err_msg=name)
     steps, step_state = [], None
     with torch.no_grad():
         for t in range(video.shape[2]):
             out, step_state = net(video[:, :, t : t + 1], step_state)
             steps.append(out.numpy())
-    np.testing.assert_allclose(np.stack(steps), io["logits_steps"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.stack(steps), io["logits_steps"], atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize("folder", variants(FIXTURES), ids=lambda p: p.name)
@@ -102,4 +105,4 @@ def test_all_official_variants_match_tensorflow():
     folders = variants(Path(ALL_DIR))
     assert len(folders) >= 12
     for folder in folders:
-        check_variant(folder)
+        check_variant(folder, scaled=True)

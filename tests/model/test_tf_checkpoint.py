@@ -18,7 +18,7 @@ import pytest
 
 from model.tf_checkpoint import crc32c, list_tf_variables, read_tf_checkpoint, resolve_checkpoint_prefix
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TINY = FIXTURES / "tf_checkpoint"
 PARITY = FIXTURES / "parity"
 VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"

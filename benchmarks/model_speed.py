@@ -116,6 +116,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and models")
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build)")
     parser.add_argument("--case", nargs=2, metavar=("KIND", "FRAMES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -128,7 +129,9 @@ def main() -> int:
     latency = []
     for name in names:
         for threads in (1, 2):
-            variants = ["plain", "fused", "fused+cl", "fused+compile"] if name.endswith("a0_stream") else ["plain", "fused"]
+            variants = ["plain", "fused", "fused+cl"] if name.endswith("a0_stream") else ["plain", "fused"]
+            if args.compile and name.endswith("a0_stream"):
+                variants.append("fused+compile")  # torch.compile takes minutes to build on 2 cores
             for variant in variants:
                 try:
                     row = {"model": name, "threads": threads, "variant": variant, **stream_latency(name, threads, variant, repeats)}

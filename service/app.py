@@ -49,7 +49,7 @@ WebSocket close codes: 1000 normal (after `eos`), 1009 message over the transpor
 1011 internal error, 1012 server shutting down, 4400 bad query, 4401 missing token,
 4403 wrong token, 4404 unknown session, 4409 another client already streams into the session,
 4410 session deleted or expired, 4429 too many labels sockets.
-HTTP errors are `{"error": {"code", "message"}}`. Full protocol: `service/README-API.md`.
+HTTP errors are `{"error": {"code", "message"}}`. Full protocol: `docs/service-api.md`.
 """
 
 

@@ -1,4 +1,4 @@
-"""Error codes and WebSocket close codes: the ones documented in ``README-API.md``."""
+"""Error codes and WebSocket close codes: the ones documented in ``docs/service-api.md``."""
 
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ async def _start_seq(websocket: WebSocket, service: SessionService, session_id: 
 
 @router.websocket("/sessions/{session_id}/stream")
 async def stream(websocket: WebSocket, session_id: str) -> None:
-    """Frames in (binary messages, JSON control messages), results out. See README-API.md."""
+    """Frames in (binary messages, JSON control messages), results out. See docs/service-api.md."""
     app = websocket.app
     service: SessionService = app.state.sessions
     settings = service.settings

@@ -174,7 +174,9 @@ class Store:
 
 def create_store(redis_url: str | None, results_cap: int) -> Store:
     if redis_url:
-        raise NotImplementedError("MOVINET_REDIS_URL is set but the Redis store is not implemented yet")
+        # The Redis store and worker pool are the next step; refuse rather than silently run in memory.
+        raise ValueError("MOVINET_REDIS_URL is set, but this version only runs the embedded in-memory "
+                         "store; unset MOVINET_REDIS_URL")
     from service.store.memory import memory_store
 
     return memory_store(results_cap=results_cap)

@@ -44,19 +44,11 @@ def plumbing_weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     cache = tmp_path_factory.mktemp("movinet-cache")
     previous = os.environ.get("MOVINET_CACHE_DIR")
     os.environ["MOVINET_CACHE_DIR"] = str(cache)
-    torch.manual_seed(0)
-    net = model.create_model(TEST_MODEL, num_classes=len(TEST_LABELS))
+    from tests.model.helpers import randomized
+
+    net = randomized(TEST_MODEL, num_classes=len(TEST_LABELS))
     net.labels = list(TEST_LABELS)
     with torch.no_grad():
-        for name, param in net.named_parameters():
-            if name.endswith("rezero") or name.endswith("pos_scale"):
-                param.uniform_(0.3, 1.0)
-        for module in net.modules():
-            if isinstance(module, torch.nn.BatchNorm3d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.1)
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
         net.classifier.logits.weight.mul_(30.0)  # peaked scores: top labels differ between inputs
     yield model.save_weights(net, cache / f"{TEST_MODEL}_{TEST_WEIGHTS}.safetensors")
     if previous is None:

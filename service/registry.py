@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -68,6 +69,9 @@ class ModelRegistry:
             if not weights:
                 continue
             info = model.model_info(name)
+            if weights[0] != RANDOM:  # the facts of trained weights travel in their file
+                meta = model.weights.read_metadata(model.resolve_weights(name, weights[0]))["info"]
+                info = dataclasses.replace(info, **{k: meta[k] for k in ("input_size", "frame_rate", "clip_frames")})
             entry: dict[str, Any] = {
                 "name": name, "weights": weights, "default": name == self.default_model,
                 "input_size": info.input_size, "frame_rate": info.frame_rate, "clip_frames": info.clip_frames,

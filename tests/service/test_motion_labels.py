@@ -120,3 +120,12 @@ def test_video_stream_labels_match_ground_truth(motion_server):
     accuracy, scored = score(results, truth)
     print(f"fragmented MP4 path: {accuracy:.1%} of {scored} labels correct")
     assert accuracy >= MIN_CORRECT, f"{accuracy:.0%} correct"
+
+
+def test_models_lists_the_bundled_weights_facts(motion_server):
+    import httpx
+
+    entry = {m["name"]: m for m in httpx.get(f"{motion_server.http}/models").json()["models"]}[MODEL]
+    assert WEIGHTS in entry["weights"]
+    # the bundled file's own metadata, not the official A0 defaults (172 px, 50 frames)
+    assert (entry["input_size"], entry["frame_rate"], entry["clip_frames"]) == (64, 5.0, 10)

@@ -10,7 +10,8 @@ service's windowed streams read (:mod:`model.streaming`).
 
 The training clips are rendered once into a uint8 cache and augmented with label-aware flips:
 a horizontal mirror swaps pan left/right and the two rotations; playing a clip backwards swaps
-every motion with its opposite. Checkpoints (``last.pt``) are written every epoch and ``--resume``
+every motion with its opposite; swapping the height and width axes turns pans into tilts and
+swaps the rotations. Checkpoints (``last.pt``) are written every epoch and ``--resume``
 continues from one. The result is a safetensors file with the label names, input size, frame
 rate and window in its metadata (:mod:`model.weights`).
 """
@@ -36,6 +37,13 @@ from .weights import save_weights
 
 # Opposites for label-aware augmentation (names from model.datasets.motion.CLASSES).
 MIRROR = {"pan left": "pan right", "rotate clockwise": "rotate counter-clockwise"}
+# Swapping the height and width axes (a reflection about the diagonal) turns a slide to the right
+# into a slide down, and reverses the sense of a rotation.
+TRANSPOSE = {
+    "pan left": "tilt up",
+    "pan right": "tilt down",
+    "rotate clockwise": "rotate counter-clockwise",
+}
 REVERSE = {
     "pan left": "pan right",
     "tilt up": "tilt down",
@@ -47,6 +55,34 @@ REVERSE = {
 def label_permutation(classes: tuple[str, ...], swaps: dict[str, str]) -> torch.Tensor:
     both = {**swaps, **{v: k for k, v in swaps.items()}}
     return torch.tensor([classes.index(both.get(name, name)) for name in classes])
+
+
+def augmentations(classes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The label permutation of each label-aware augmentation."""
+    return {name: label_permutation(classes, table) for name, table in
+            (("mirror", MIRROR), ("reverse", REVERSE), ("transpose", TRANSPOSE))}
+
+
+def augment(
+    batch: torch.Tensor, target: torch.Tensor, generator: torch.Generator, swaps: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror, play backwards and transpose (square frames only) a random half of the clips each.
+
+    ``batch`` is uint8 ``(B, T, H, W, C)``; the labels follow each transform.
+    """
+    batch, target = batch.clone(), target.clone()
+    n = len(batch)
+    flip = torch.rand(n, generator=generator) < 0.5
+    backwards = torch.rand(n, generator=generator) < 0.5
+    transpose = torch.rand(n, generator=generator) < 0.5
+    batch[flip] = batch[flip].flip(3)  # mirror the width axis
+    target[flip] = swaps["mirror"][target[flip]]
+    batch[backwards] = batch[backwards].flip(1)  # play backwards
+    target[backwards] = swaps["reverse"][target[backwards]]
+    if batch.shape[2] == batch.shape[3]:
+        batch[transpose] = batch[transpose].transpose(2, 3)  # swap the height and width axes
+        target[transpose] = swaps["transpose"][target[transpose]]
+    return batch, target
 
 
 def render_cache(config, num_clips: int, seed: int, path: Path, workers: int) -> tuple[np.ndarray, np.ndarray]:
@@ -190,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     use_scaler = args.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    mirror = label_permutation(CLASSES, MIRROR)
-    reverse = label_permutation(CLASSES, REVERSE)
+    swaps = augmentations(CLASSES)
 
     step, start_epoch, history = 0, 0, []
     checkpoint_path = out / "last.pt"
@@ -225,12 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             index = order[batch_index * args.batch_size : (batch_index + 1) * args.batch_size].sort().values
             batch = torch.from_numpy(np.array(clips[index.numpy()]))
             target = torch.from_numpy(labels[index.numpy()])
-            flip = torch.rand(len(batch), generator=generator) < 0.5
-            backwards = torch.rand(len(batch), generator=generator) < 0.5
-            batch[flip] = batch[flip].flip(3)  # mirror the width axis
-            target[flip] = mirror[target[flip]]
-            batch[backwards] = batch[backwards].flip(1)  # play backwards
-            target[backwards] = reverse[target[backwards]]
+            batch, target = augment(batch, target, generator, swaps)
             video, target = to_video(batch, device), target.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
                 logits, _ = net(video, per_frame=True)  # (B, T, K)

@@ -1,11 +1,13 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 import model
-from model.datasets.motion import CLASSES, MotionConfig, MotionDataset
-from model.train import MIRROR, REVERSE, label_permutation, main, prefix_loss
+from model.datasets.motion import CLASSES, MotionConfig, MotionDataset, render_clip
+from model.train import MIRROR, REVERSE, augment, augmentations, label_permutation, main, prefix_loss
+from tests.datasets.test_motion import CLEAN, phase_shift
 
 
 def test_a_few_training_steps_on_motion_clips_lower_the_loss():
@@ -39,6 +41,22 @@ def test_label_swaps_for_mirrored_and_reversed_clips():
     assert reverse[index["zoom in"]] == index["zoom out"] and reverse[index["tilt down"]] == index["tilt up"]
     assert reverse[index["shake"]] == index["shake"] and reverse[index["static"]] == index["static"]
     assert torch.equal(mirror[mirror], torch.arange(len(CLASSES)))
+
+
+def test_augmented_clips_move_the_way_their_new_labels_say():
+    """Mirror, reverse and transpose a clean pan left; each result moves like the label it gets."""
+    index = {name: i for i, name in enumerate(CLASSES)}
+    clip = torch.from_numpy(render_clip("pan left", 11, replace(CLEAN, size=64)))
+    expected = {"pan left": (1, 0), "pan right": (-1, 0), "tilt up": (0, 1), "tilt down": (0, -1)}
+    batch = clip.expand(64, *clip.shape)
+    target = torch.full((64,), index["pan left"])
+    augmented, labels = augment(batch, target, torch.Generator().manual_seed(0), augmentations(CLASSES))
+    assert torch.equal(batch[0], clip)  # the input is left alone
+    assert set(labels.tolist()) == {index[name] for name in expected}  # all four occur in 64 draws
+    for video, label in zip(augmented.numpy(), labels.tolist(), strict=True):
+        shift = np.mean([phase_shift(video[i], video[i + 1]) for i in range(0, 14, 2)], axis=0)
+        direction = np.array(expected[CLASSES[label]])
+        assert shift @ direction >= 1.0 and abs(shift @ direction[::-1]) < shift @ direction, (CLASSES[label], shift)
 
 
 def test_training_cli_writes_weights_with_metadata_and_resumes(tmp_path, capsys):

@@ -124,7 +124,8 @@ async def model_labels(name: str, request: Request, weights: str | None = None) 
 
 @ops.get("/healthz", summary="Liveness: the process and its inference loop run")
 async def healthz(request: Request) -> JSONResponse:
-    alive = request.app.state.inference.alive
+    inference = request.app.state.inference
+    alive = inference is None or inference.alive  # a gateway has no inference loop
     return JSONResponse({"status": "ok" if alive else "inference_loop_dead"}, status_code=200 if alive else 503)
 
 
@@ -134,7 +135,7 @@ async def readyz(request: Request) -> JSONResponse:
     reasons = []
     if state.draining:
         reasons.append("draining")
-    if not state.inference.alive:
+    if state.inference is not None and not state.inference.alive:
         reasons.append("inference_loop_dead")
     if state.settings.preload and not state.registry.loaded:
         reasons.append(f"model_loading_failed: {state.model_error}" if state.model_error else "model_loading")

@@ -57,8 +57,17 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+ROLES = ("serve", "gateway", "worker")
+
+
+def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI:
+    """The app of one role: ``serve`` (gateway + worker in one process: the embedded default, or
+    with Redis), ``gateway`` (the API; needs Redis) or ``worker`` (health/metrics routes only)."""
     settings = settings or Settings()
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if role != "serve" and not settings.redis_url:
+        raise ValueError(f"the {role} role shares its state through Redis: set MOVINET_REDIS_URL")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -72,29 +81,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.draining = False
         state.model_error = None
         state.metrics = metrics = Metrics()
-        state.store = store = create_store(settings.redis_url, settings.results_cap)
+        state.role = role
+        state.store = store = create_store(settings.redis_url, settings.results_cap,
+                                           **({"socket_timeout": settings.redis_socket_timeout_s}
+                                              if settings.redis_url else {}))
         state.registry = registry = ModelRegistry(settings.model, settings.weights, settings.allow_random_weights)
-        state.inference = inference = InferenceLoop(
-            store, registry, metrics, max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms,
-            checkpoint_every=settings.checkpoint_every)
-        state.sessions = sessions = SessionService(settings, store, registry, inference, metrics)
+        state.inference = inference = None
+        if role in ("serve", "worker"):
+            state.inference = inference = InferenceLoop(
+                store, registry, metrics, max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms,
+                checkpoint_every=settings.checkpoint_every, worker_id=settings.worker_id,
+                max_sessions=settings.worker_max_sessions, lease_ttl_ms=settings.lease_ttl_ms,
+                claim_interval_s=settings.claim_interval_s, release_idle_s=settings.release_idle_s,
+                checkpoint_half=settings.checkpoint_half)
+        state.sessions = sessions = None
+        if role in ("serve", "gateway"):
+            state.sessions = sessions = SessionService(settings, store, registry, inference, metrics)
         state.image_pool = image_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        inference.start()
-        sessions.start()
+        if inference is not None:
+            inference.start()
+        if sessions is not None:
+            sessions.start()
         preload = asyncio.create_task(_preload(app)) if settings.preload else None
-        log.info(kv("started", store=store.kind, model=settings.model, torch_threads=torch.get_num_threads()))
+        log.info(kv("started", role=role, store=store.kind, model=settings.model,
+                    worker=inference.worker_id if inference else None, torch_threads=torch.get_num_threads()))
         try:
             yield
         finally:
             state.draining = True
             if preload is not None:
                 preload.cancel()
-            await sessions.drain()
-            await sessions.stop()
-            await inference.stop()
+            if sessions is not None:
+                await sessions.drain()
+                await sessions.stop()
+            if inference is not None:
+                if store.kind == "redis":
+                    released = await inference.drain(settings.drain_timeout_s)
+                    log.info(kv("worker_drained", worker=inference.worker_id, released=released))
+                await inference.stop()
             image_pool.shutdown(wait=False, cancel_futures=True)
             await store.close()
-            log.info(kv("stopped"))
+            log.info(kv("stopped", role=role))
 
     app = FastAPI(title="MoViNet live action recognition", version="0.1.0", description=DESCRIPTION,
                   lifespan=lifespan)
@@ -113,9 +140,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
+    app.include_router(api.ops)
+    if role == "worker":
+        return app
     app.include_router(api.sessions)
     app.include_router(api.models)
-    app.include_router(api.ops)
     app.include_router(ws.router)
 
     static = Path(str(resources.files("service") / "static"))

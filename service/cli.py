@@ -1,4 +1,4 @@
-"""``movinet-service serve``: the embedded default (gateway + inference, in-memory state)."""
+"""``movinet-service serve|gateway|worker``: the embedded default, or one role of the pool."""
 
 from __future__ import annotations
 
@@ -14,17 +14,30 @@ log = logging.getLogger("service.cli")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="movinet-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the HTTP/WebSocket server",
-                                description="Run the server. Every option also reads MOVINET_<NAME> "
-                                "from the environment; a command-line option wins.")
-    serve.add_argument("--host", help="bind address (MOVINET_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (MOVINET_PORT, default 8000)")
-    serve.add_argument("--model", help="default model (MOVINET_MODEL, default movinet_a0_stream)")
-    serve.add_argument("--weights", help="default weights tag (MOVINET_WEIGHTS, default the model's first)")
-    serve.add_argument("--allow-random-weights", action="store_true", default=None,
-                       help="also serve models without trained weights (demos, tests)")
-    serve.add_argument("--torch-threads", type=int, help="torch threads for inference (0 = torch default)")
-    serve.add_argument("--log-level", help="debug, info, warning (MOVINET_LOG_LEVEL)")
+    roles = {
+        "serve": "run the whole service in one process: API + inference (in memory; with "
+                 "MOVINET_REDIS_URL, on Redis)",
+        "gateway": "run the API only (HTTP/WebSocket); workers do the inference (needs MOVINET_REDIS_URL)",
+        "worker": "run an inference worker: lease sessions from Redis, batch, commit (needs MOVINET_REDIS_URL); "
+                  "serves /healthz, /readyz and /metrics on MOVINET_WORKER_HOST:MOVINET_WORKER_PORT",
+    }
+    for name, help_text in roles.items():
+        command = commands.add_parser(name, help=help_text, description=help_text + ". Every option also reads "
+                                      "MOVINET_<NAME> from the environment; a command-line option wins.")
+        if name == "worker":
+            command.add_argument("--host", help="bind address of the health/metrics routes (MOVINET_WORKER_HOST)")
+            command.add_argument("--port", type=int, help="port of the health/metrics routes (MOVINET_WORKER_PORT, "
+                                 "default 8001)")
+        else:
+            command.add_argument("--host", help="bind address (MOVINET_HOST, default 127.0.0.1)")
+            command.add_argument("--port", type=int, help="port (MOVINET_PORT, default 8000)")
+        command.add_argument("--redis-url", help="redis://host:port/db (MOVINET_REDIS_URL)")
+        command.add_argument("--model", help="default model (MOVINET_MODEL, default movinet_a0_stream)")
+        command.add_argument("--weights", help="default weights tag (MOVINET_WEIGHTS, default the model's first)")
+        command.add_argument("--allow-random-weights", action="store_true", default=None,
+                             help="also serve models without trained weights (demos, tests)")
+        command.add_argument("--torch-threads", type=int, help="torch threads for inference (0 = torch default)")
+        command.add_argument("--log-level", help="debug, info, warning (MOVINET_LOG_LEVEL)")
     return parser
 
 
@@ -35,21 +48,29 @@ def serve(args: argparse.Namespace) -> int:
     from service.logs import setup_logging
     from service.settings import Settings
 
+    role = args.command
+    bind = ("worker_host", "worker_port") if role == "worker" else ("host", "port")
     overrides = {key: value for key, value in {
-        "host": args.host, "port": args.port, "model": args.model, "weights": args.weights,
-        "allow_random_weights": args.allow_random_weights, "torch_threads": args.torch_threads,
-        "log_level": args.log_level,
+        bind[0]: args.host, bind[1]: args.port, "redis_url": args.redis_url, "model": args.model,
+        "weights": args.weights, "allow_random_weights": args.allow_random_weights,
+        "torch_threads": args.torch_threads, "log_level": args.log_level,
     }.items() if value is not None}
     settings = Settings(**overrides)
     setup_logging(settings.log_level)
-    app = create_app(settings)
+    try:
+        app = create_app(settings, role=role)
+    except ValueError as exc:
+        print(f"movinet-service {role}: {exc}", file=sys.stderr)
+        return 2
+    host, port = getattr(settings, bind[0]), getattr(settings, bind[1])
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), log_config=None,
+        app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None,
         ws_max_size=settings.ws_transport_max_bytes, ws_per_message_deflate=False,
         timeout_graceful_shutdown=10, lifespan="on",
     )
     server = DrainingServer(config, app)
-    log.info(kv("serving", url=f"http://{settings.host}:{settings.port}", model=settings.model))
+    log.info(kv("serving", role=role, url=f"http://{host}:{port}", model=settings.model,
+                store="redis" if settings.redis_url else "memory"))
     server.run()
     return 0
 
@@ -80,9 +101,7 @@ def DrainingServer(config, app):  # noqa: N802 - a class factory, so that import
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return serve(args)
-    return 2
+    return serve(args)
 
 
 if __name__ == "__main__":

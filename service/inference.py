@@ -1,16 +1,33 @@
-"""The inference loop: one batched forward per tick over every session that has a frame ready.
+"""The worker: lease sessions that have frames, batch them, commit results exactly once.
 
-Each tick takes at most ONE frame per session (a session's frames are a time series: two of them
-can never share a batch), groups the sessions by model and window, stacks their states, runs
-one forward per group in the inference thread, splits the states back, and appends one result
-per frame to the result log, where the WebSocket pumps pick them up. A forward that fails is
-retried session by session, so that one bad session costs only itself.
+The same loop runs in the embedded default (in-memory store, inside the server process) and in
+``movinet-service worker`` processes that share nothing but Redis:
+
+1. **Claim.** Every ``claim_interval`` it leases sessions with unprocessed frames and no live
+   lease (:meth:`WorkQueue.claim`). A lease comes with the session's committed progress and its
+   last checkpoint: the worker restores the state from the checkpoint and *replays* the logged
+   frames up to the progress without emitting their results (they were committed before), so it
+   continues exactly where the previous holder stopped.
+2. **Batch.** Each tick reads at most ONE new frame per held session (a session's frames are a
+   time series: two of them never share a batch), groups the sessions by model and window, and
+   runs one forward per group in the inference thread. A forward that fails is retried session by
+   session, so that one bad session costs only itself.
+3. **Commit.** Per session, one atomic commit: the result, the progress, every
+   ``checkpoint_every`` frames the state (and the frame log is trimmed up to it), and the lease's
+   renewal. A commit with a stale fencing token is refused: the session was taken over, and this
+   worker forgets it. Any other store error abandons every held session (its memory may be ahead
+   of what is committed); their leases expire and they are resumed from their checkpoints.
+4. **Release.** A session idle for ``release_idle_s``, and every session on drain (SIGTERM), is
+   checkpointed and released.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,18 +35,22 @@ from typing import Any
 
 import numpy as np
 
+from service import checkpoint as checkpoints
 from service.logs import kv
 from service.metrics import Metrics
 from service.registry import LoadedModel, ModelRegistry
-from service.store import Frame, Result, Store
+from service.store import Frame, Lease, Result, StaleLease, Store
 
 log = logging.getLogger("service.inference")
 
 
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 @dataclass
 class SessionRuntime:
-    """What the worker keeps in memory for a session it serves (state never leaves the worker
-    in the embedded mode; the Redis mode checkpoints it)."""
+    """What the worker keeps in memory for a session it holds a lease on."""
 
     session_id: str
     model: LoadedModel
@@ -37,11 +58,13 @@ class SessionRuntime:
     top_k: int
     min_score: float
     smoothing: float
+    lease: Lease | None = None
     slot: Any = None  # model.streaming.WindowedStream.Slot when windowed
     state: dict[str, Any] | None = None  # when unbounded
     smoothed: np.ndarray | None = None
-    frames_done: int = 0
-    last_seq: int = 0
+    cursor: int = 0  # seq of the last frame fed to the model
+    since_checkpoint: int = 0
+    last_frame_at: float = field(default_factory=time.monotonic)
 
     @property
     def group(self) -> tuple[str, int | None]:
@@ -60,17 +83,30 @@ class _Item:
 
 class InferenceLoop:
     def __init__(self, store: Store, registry: ModelRegistry, metrics: Metrics, *, max_batch: int,
-                 batch_wait_ms: float = 0.0, checkpoint_every: int = 0):
+                 batch_wait_ms: float = 0.0, checkpoint_every: int = 25, worker_id: str | None = None,
+                 max_sessions: int = 64, lease_ttl_ms: int = 2000, claim_interval_s: float = 0.05,
+                 release_idle_s: float = 10.0, checkpoint_half: bool = False):
         self.store = store
         self.registry = registry
         self.metrics = metrics
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.checkpoint_every = checkpoint_every
+        self.worker_id = worker_id or default_worker_id()
+        self.max_sessions = max_sessions
+        self.lease_ttl_ms = lease_ttl_ms
+        self.claim_interval_s = claim_interval_s
+        self.release_idle_s = release_idle_s
+        self.checkpoint_half = checkpoint_half
         self._runtimes: dict[str, SessionRuntime] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self.draining = False
+        self.store_ok = True
+        self._next_claim = 0.0
+        self._next_renew = 0.0
+        self._backoff = 0.0
         self.ticks = 0
         self.last_tick_at = time.monotonic()
 
@@ -89,12 +125,39 @@ class InferenceLoop:
                 pass
         self._executor.shutdown(wait=True)
 
+    async def drain(self, timeout: float) -> int:
+        """Stop claiming, finish the tick in flight, checkpoint and release every lease.
+
+        Returns the number of sessions released; gives up (leases then expire) after ``timeout``.
+        """
+        self.draining = True
+        if self._task is not None:
+            self._stopping = True
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), min(timeout / 2, 5.0))
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+        released = 0
+        try:
+            async with asyncio.timeout(timeout):
+                for runtime in list(self._runtimes.values()):
+                    if await self._release(runtime, reason="drain"):
+                        released += 1
+        except TimeoutError:
+            log.warning(kv("drain_timeout", held=len(self._runtimes)))
+        return released
+
     @property
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def held(self) -> dict[str, SessionRuntime]:
+        return self._runtimes
+
     def forget(self, session_id: str) -> None:
         self._runtimes.pop(session_id, None)
+        self.metrics.sessions_held.set(len(self._runtimes))
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -102,42 +165,132 @@ class InferenceLoop:
         while not self._stopping:
             try:
                 await self._tick()
+                if not self.store_ok:
+                    log.info(kv("store_reconnected", worker=self.worker_id))
+                self.store_ok, self._backoff = True, 0.0
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception(kv("inference_tick_failed"))
-                await asyncio.sleep(0.1)
+            except Exception as exc:
+                await self._store_failed(exc)
+
+    async def _store_failed(self, exc: Exception) -> None:
+        """A tick failed (the store is away, most likely): abandon the held sessions, back off."""
+        self.metrics.store_errors.labels("worker").inc()
+        if self._runtimes:
+            self.metrics.leases_lost.labels("store_error").inc(len(self._runtimes))
+        self._runtimes.clear()
+        self.metrics.sessions_held.set(0)
+        self._backoff = min(max(0.1, self._backoff * 2), 5.0)
+        level = logging.WARNING if self.store_ok else logging.DEBUG
+        log.log(level, kv("worker_tick_failed", worker=self.worker_id, error=repr(exc), retry_in_s=self._backoff))
+        self.store_ok = False
+        await asyncio.sleep(self._backoff)
 
     async def _tick(self) -> None:
-        self.last_tick_at = time.monotonic()
-        await self.store.frames.wait_ready(0.5)
-        if self.batch_wait_s:
-            await asyncio.sleep(self.batch_wait_s)
-        session_ids = await self.store.frames.ready_sessions(self.max_batch)
-        if not session_ids:
+        self.last_tick_at = now = time.monotonic()
+        work = self.store.work
+        if not self.draining and now >= self._next_claim and len(self._runtimes) < self.max_sessions:
+            self._next_claim = now + self.claim_interval_s
+            for lease in await work.claim(self.worker_id, self.max_sessions - len(self._runtimes), self.lease_ttl_ms):
+                await self._adopt(lease)
+            self.metrics.unclaimed_sessions.set(await work.unclaimed())
+        if now >= self._next_renew:
+            self._next_renew = now + self.lease_ttl_ms / 4000.0
+            await self._renew()
+        if not self._runtimes:
+            await work.wait_work(self.claim_interval_s)
             return
-        items: list[_Item] = []
-        for session_id in session_ids:
-            runtime = self._runtimes.get(session_id)
-            if runtime is None:
-                try:
-                    runtime = await self._open(session_id)
-                except Exception as exc:  # e.g. its model cannot load any more: this session only
-                    log.error(kv("session_open_failed", session_id=session_id, error=repr(exc)))
-                    runtime = None
-            if runtime is None:
-                await self.store.frames.delete(session_id)  # deleted, or cannot be served
-                continue
-            frame = await self.store.frames.take(session_id)
-            if frame is not None:
-                items.append(_Item(runtime, frame))
-        self.metrics.frames_pending.set(sum([await self.store.frames.backlog(i.runtime.session_id) for i in items]))
+        cursors = {sid: (rt.lease, rt.cursor) for sid, rt in self._runtimes.items() if rt.lease is not None}
+        frames = await work.take_next(cursors, timeout=self.claim_interval_s)
+        if frames and self.batch_wait_s:
+            await asyncio.sleep(self.batch_wait_s)
+            missing = {sid: c for sid, c in cursors.items() if sid not in frames}
+            if missing:
+                frames.update(await work.take_next(missing, timeout=0))
+        await self._release_idle(set(frames))
+        if not frames:
+            return
+        items = [_Item(self._runtimes[sid], frame) for sid, frame in frames.items() if sid in self._runtimes]
+        items = items[: self.max_batch]
         groups: dict[tuple[str, int | None], list[_Item]] = {}
         for item in items:
             groups.setdefault(item.runtime.group, []).append(item)
         for group in groups.values():
             await self._infer(group)
+        await asyncio.gather(*(self._commit(item) for item in items))
+        self.metrics.backlog_frames.set(sum([await self.store.frames.backlog(sid) for sid in self._runtimes]))
         self.ticks += 1
+
+    async def _renew(self) -> None:
+        runtimes = [rt for rt in self._runtimes.values() if rt.lease is not None]
+        alive = await self.store.work.renew([rt.lease for rt in runtimes], self.lease_ttl_ms)
+        for runtime, ok in zip(runtimes, alive, strict=True):
+            if not ok:
+                self._lost(runtime, "stale")
+
+    def _lost(self, runtime: SessionRuntime, reason: str) -> None:
+        if self._runtimes.get(runtime.session_id) is runtime:
+            self.metrics.leases_lost.labels(reason).inc()
+            log.info(kv("lease_lost", worker=self.worker_id, session_id=runtime.session_id, reason=reason))
+            self.forget(runtime.session_id)
+
+    async def _release_idle(self, fed: set[str]) -> None:
+        now = time.monotonic()
+        for runtime in list(self._runtimes.values()):
+            if runtime.session_id in fed:
+                runtime.last_frame_at = now
+            elif now - runtime.last_frame_at > self.release_idle_s:
+                await self._release(runtime, reason="idle")
+
+    async def _release(self, runtime: SessionRuntime, reason: str) -> bool:
+        if runtime.lease is None:
+            self.forget(runtime.session_id)
+            return False
+        data = await self._checkpoint_bytes(runtime)
+        try:
+            await self.store.work.release(runtime.lease, (runtime.cursor, data) if data else None)
+        except StaleLease:
+            self._lost(runtime, "stale")
+            return False
+        self.forget(runtime.session_id)
+        log.info(kv("lease_released", worker=self.worker_id, session_id=runtime.session_id, reason=reason,
+                    seq=runtime.cursor))
+        return True
+
+    # --- taking a session over ------------------------------------------------------------------
+
+    async def _adopt(self, lease: Lease) -> None:
+        try:
+            runtime = await self._open(lease.session_id)
+        except Exception as exc:  # e.g. its model cannot load any more: this session only
+            log.error(kv("session_open_failed", session_id=lease.session_id, error=repr(exc)))
+            runtime = None
+        if runtime is None:
+            return  # deleted meanwhile (the lease expires by itself), or cannot be served
+        runtime.lease = lease
+        runtime.cursor = lease.checkpoint_seq
+        loop = asyncio.get_running_loop()
+        if lease.checkpoint:
+            try:
+                runtime.slot, runtime.state, runtime.smoothed = await loop.run_in_executor(
+                    self._executor, checkpoints.decode, lease.checkpoint)
+            except Exception as exc:
+                log.error(kv("checkpoint_unreadable", session_id=lease.session_id, error=repr(exc)))
+                runtime.slot = runtime.state = runtime.smoothed = None
+                runtime.cursor = lease.processed_seq  # start afresh after what was already answered
+        replay: list[Frame] = []
+        if runtime.cursor < lease.processed_seq:
+            replay = await self.store.work.frames_after(lease.session_id, runtime.cursor, lease.processed_seq,
+                                                        count=100_000)
+            if replay:
+                await loop.run_in_executor(self._executor, _replay, runtime, replay)
+                self.metrics.replayed_frames.inc(len(replay))
+            runtime.cursor = lease.processed_seq
+        self.metrics.claims.labels("resumed" if lease.checkpoint or lease.processed_seq else "new").inc()
+        log.info(kv("lease_taken", worker=self.worker_id, session_id=lease.session_id, token=lease.token,
+                    checkpoint_seq=lease.checkpoint_seq, processed_seq=lease.processed_seq, replayed=len(replay)))
+        self._runtimes[lease.session_id] = runtime
+        self.metrics.sessions_held.set(len(self._runtimes))
 
     async def _open(self, session_id: str) -> SessionRuntime | None:
         record = await self.store.sessions.get(session_id)
@@ -146,14 +299,14 @@ class InferenceLoop:
         loaded = await self.registry.load(record.model, record.weights)
         options = record.options
         window = options["window"]
-        runtime = SessionRuntime(
+        return SessionRuntime(
             session_id=session_id, model=loaded,
             window=None if window["policy"] == "unbounded" else int(window.get("frames") or loaded.clip_frames),
             top_k=int(options["top_k"]), min_score=float(options["min_score"]),
             smoothing=float(options["smoothing"]),
         )
-        self._runtimes[session_id] = runtime
-        return runtime
+
+    # --- inference and commits ------------------------------------------------------------------
 
     async def _infer(self, items: list[_Item]) -> None:
         loaded = items[0].runtime.model
@@ -181,35 +334,42 @@ class InferenceLoop:
         elapsed = time.perf_counter() - started
         self.metrics.inference_seconds.labels(loaded.name).observe(elapsed)
         self.metrics.batch_size.labels(loaded.name).observe(len(items))
-        for item in items:
-            await self._emit(item)
 
-    async def _emit(self, item: _Item) -> None:
+    async def _commit(self, item: _Item) -> None:
         runtime, frame = item.runtime, item.frame
-        session_id = runtime.session_id
-        if self._runtimes.get(session_id) is not runtime:
-            return  # deleted (or restarted) while the forward ran
+        if self._runtimes.get(runtime.session_id) is not runtime or runtime.lease is None:
+            return  # forgotten (deleted, lease lost) while the forward ran
+        runtime.cursor = frame.seq
+        runtime.since_checkpoint += 1
         labels = [] if item.probs is None else _top_labels(item.probs, runtime.model.labels, runtime.top_k,
                                                             runtime.min_score)
-        record = await self.store.sessions.get(session_id)
-        if record is None:
-            self.forget(session_id)
-            return
         now = time.time()
         lag = max(0.0, now - frame.received_at)
         result = Result(seq=frame.seq, pts=frame.pts, frame_index=frame.frame_index, labels=labels,
-                        lag_ms=lag * 1000.0, dropped=record.frames_dropped, produced_at=now, error=item.error)
-        await self.store.results.append(session_id, result)
-        await self.store.sessions.add_counters(session_id, frames_processed=1)
-        runtime.frames_done += 1
-        runtime.last_seq = frame.seq
+                        lag_ms=lag * 1000.0, dropped=0, produced_at=now, error=item.error)
+        checkpoint = None
+        if self.checkpoint_every and runtime.since_checkpoint >= self.checkpoint_every and item.error is None:
+            data = await self._checkpoint_bytes(runtime)
+            if data is not None:
+                checkpoint = (frame.seq, data)
+        try:
+            await self.store.work.commit(runtime.lease, [result], checkpoint, self.lease_ttl_ms)
+        except StaleLease:
+            self._lost(runtime, "stale")
+            return
+        if checkpoint is not None:
+            runtime.since_checkpoint = 0
+            self.metrics.checkpoints.inc()
+            self.metrics.checkpoint_bytes.observe(len(checkpoint[1]))
         self.metrics.frames_processed.labels(runtime.model.name).inc()
         self.metrics.frame_latency_seconds.observe(lag)
-        if self.checkpoint_every and runtime.frames_done % self.checkpoint_every == 0 and item.error is None:
-            data = await asyncio.get_running_loop().run_in_executor(self._executor, _state_bytes, runtime)
-            if data is not None:
-                await self.store.checkpoints.save(session_id, frame.seq, data)
-                await self.store.frames.trim(session_id, frame.seq)
+
+    async def _checkpoint_bytes(self, runtime: SessionRuntime) -> bytes | None:
+        if runtime.slot is None and runtime.state is None:
+            return None
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: checkpoints.encode(runtime.slot, runtime.state, runtime.smoothed,
+                                                       half=self.checkpoint_half))
 
 
 # --- in the inference thread ------------------------------------------------------------------
@@ -258,12 +418,10 @@ def _new_slot(stream: Any) -> Any:
     return stream.new_slot()
 
 
-def _state_bytes(runtime: SessionRuntime) -> bytes | None:
-    import model as movinet
-
-    if runtime.window is None:
-        return movinet.state_to_bytes(runtime.state) if runtime.state is not None else None
-    return runtime.slot.to_bytes() if runtime.slot is not None else None
+def _replay(runtime: SessionRuntime, frames: list[Frame]) -> None:
+    """Feed logged frames to a resumed session, one at a time as they went the first time."""
+    for frame in frames:
+        _forward([_Item(runtime, frame)])
 
 
 def _top_labels(probs: np.ndarray, names: list[str], top_k: int, min_score: float) -> list[dict[str, Any]]:

@@ -51,6 +51,28 @@ class Metrics:
                                        registry=registry)
         self.inference_errors = Counter("movinet_inference_errors_total", "Failed forwards.",
                                         registry=registry)
+        # The worker side of the pool (also in the embedded mode, which runs one worker).
+        self.backlog_frames = Gauge(
+            "movinet_backlog_frames", "Model frames waiting in the sessions this worker holds (autoscaling).",
+            registry=registry)
+        self.unclaimed_sessions = Gauge(
+            "movinet_unclaimed_sessions", "Sessions with frames waiting that no worker holds (autoscaling).",
+            registry=registry)
+        self.sessions_held = Gauge("movinet_worker_sessions", "Sessions this worker holds a lease on.",
+                                   registry=registry)
+        self.claims = Counter("movinet_worker_claims_total", "Leases taken; resumed = from a checkpoint.",
+                              ["kind"], registry=registry)
+        self.replayed_frames = Counter(
+            "movinet_worker_replayed_frames_total", "Logged frames replayed after a checkpoint (no results).",
+            registry=registry)
+        self.leases_lost = Counter("movinet_worker_leases_lost_total", "Leases lost before release.",
+                                   ["reason"], registry=registry)
+        self.checkpoints = Counter("movinet_worker_checkpoints_total", "Checkpoints written.", registry=registry)
+        self.checkpoint_bytes = Histogram(
+            "movinet_worker_checkpoint_bytes", "Size of a checkpoint.", registry=registry,
+            buckets=(1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7))
+        self.store_errors = Counter("movinet_store_errors_total", "Failed calls to the state store.",
+                                    ["role"], registry=registry)
 
         # Children that exist from the start, so that dashboards and alerts see zeros, not gaps.
         for reason in ("backpressure", "too_large", "late", "error"):
@@ -60,6 +82,10 @@ class Metrics:
         for role in ("stream", "labels"):
             self.connections.labels(role)
         self.sessions_created.labels("websocket")
+        for kind in ("new", "resumed"):
+            self.claims.labels(kind)
+        for reason in ("stale", "store_error"):
+            self.leases_lost.labels(reason)
 
     def model_loaded(self, name: str) -> None:
         self.frames_processed.labels(name)

@@ -85,7 +85,7 @@ class ConnectionHub:
 
 
 class SessionService:
-    def __init__(self, settings: Settings, store: Store, registry: ModelRegistry, inference: InferenceLoop,
+    def __init__(self, settings: Settings, store: Store, registry: ModelRegistry, inference: InferenceLoop | None,
                  metrics: Metrics):
         self.settings = settings
         self.store = store
@@ -218,7 +218,8 @@ class SessionService:
         await self.hub.close_session(session_id, CloseCode.GONE, f"session {reason}",
                                      {"type": "error", "code": f"session_{reason}",
                                       "message": f"the session was {reason}"})
-        self.inference.forget(session_id)
+        if self.inference is not None:
+            self.inference.forget(session_id)
         existed = await self.store.delete_session(session_id)
         if existed:
             self.metrics.sessions_closed.labels(reason).inc()

@@ -66,10 +66,28 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, ge=1, description="Most sessions in one forward.")
     batch_wait_ms: float = Field(0.0, ge=0, description="Wait this long for more sessions before a forward.")
     results_cap: int = Field(1000, ge=1, description="Results kept per session for resume.")
-    checkpoint_every: int = Field(0, ge=0, description="Checkpoint state every K frames (0 = never).")
+    checkpoint_every: int = Field(
+        25, ge=1, description="Checkpoint a session's state every K frames (and on release); the frame log "
+        "is trimmed up to the checkpoint, so a resumed session replays at most K frames.")
+    checkpoint_half: bool = Field(False, description="Store checkpoints as float16 (half the bytes, not exact).")
 
-    # Storage (the Redis implementation comes with the worker pool).
-    redis_url: str | None = None
+    # Storage and the worker pool.
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db. Unset: the embedded default (one process, state in memory). "
+        "Required by the gateway and worker roles.")
+    redis_socket_timeout_s: float = Field(30.0, gt=0, description="Redis reply timeout (above any blocking read).")
+    worker_id: str | None = Field(None, description="This worker's name in leases; default host-pid-random.")
+    worker_host: str = Field("0.0.0.0", description="Bind address of a worker's /healthz, /readyz, /metrics.")
+    worker_port: int = Field(8001, description="Port of a worker's /healthz, /readyz, /metrics.")
+    worker_max_sessions: int = Field(64, ge=1, description="Most sessions one worker holds leases on.")
+    lease_ttl_ms: int = Field(
+        2000, ge=200, description="A lease lives this long unless renewed (every quarter of it): a dead "
+        "worker's sessions move after at most this long.")
+    claim_interval_s: float = Field(0.05, gt=0, description="How often a worker looks for sessions to claim.")
+    release_idle_s: float = Field(10.0, gt=0, description="A worker releases a session without frames for this long.")
+    drain_timeout_s: float = Field(
+        20.0, gt=0, description="On SIGTERM a worker stops claiming, checkpoints and releases its sessions "
+        "within this bound, then exits.")
 
     # Logging.
     log_level: str = "info"

@@ -1,15 +1,18 @@
 """Storage and queues behind small protocols: session records, frame logs, results, checkpoints.
 
-The embedded default uses :mod:`service.store.memory`. The Redis implementation (next step: a
-worker pool) implements the same protocols; the shapes are chosen for it:
+The embedded default uses :mod:`service.store.memory`; :mod:`service.store.redis` implements the
+same protocols for a pool of gateways and workers that share nothing but Redis. One contract test
+suite (``tests/store``) runs against both.
 
 * every method is async;
-* sequence numbers are assigned by the store (Redis: ``INCR`` / stream ids in a Lua script);
-* the backlog limit and drop policy are applied by the store in the same step as the append, so
-  that one atomic script can do it in Redis;
+* sequence numbers are assigned by the store, in the same atomic step that applies the backlog
+  limit and the drop policy;
+* workers lease sessions (:class:`WorkQueue`): a lease has a TTL and a fencing token that only
+  grows; a commit (results + progress + optional checkpoint + frame-log trim) is atomic and
+  refused for a stale token, so two workers never both advance a session;
 * results are read "after seq N" with an optional blocking wait (Redis: ``XREAD BLOCK``), which is
   also how a reconnecting client resumes;
-* checkpoints are opaque bytes (``model.state_to_bytes``).
+* checkpoints are opaque bytes (:mod:`service.checkpoint`).
 
 Key names for Redis live in :mod:`service.store.keys`.
 """
@@ -112,23 +115,74 @@ class SessionStore(Protocol):
 
 
 class FrameLog(Protocol):
+    """A session's ordered frame log. Frames stay until a checkpoint covers them (replay)."""
+
     async def append(self, session_id: str, frame: Frame, *, max_backlog: int, policy: DropPolicy) -> Appended:
-        """Give ``frame`` the session's next seq and apply the backlog limit atomically."""
+        """Give ``frame`` the session's next seq and apply the backlog limit atomically.
+
+        The backlog is the frames not yet processed (seq above the committed progress); over the
+        limit, ``drop_oldest`` deletes the oldest of them, ``newest_only`` all but the newest, never
+        one that a worker has already taken.
+        """
         ...
-    async def take(self, session_id: str) -> Frame | None:
-        """Claim the oldest frame not yet taken (Redis: XREADGROUP COUNT 1)."""
-        ...
-    async def backlog(self, session_id: str) -> int: ...
-    async def ready_sessions(self, limit: int) -> list[str]:
-        """Sessions that have frames not yet taken, oldest waiting first."""
-        ...
-    async def wait_ready(self, timeout: float) -> None:
-        """Return when some session may have a frame, or after ``timeout`` seconds."""
-        ...
-    async def trim(self, session_id: str, upto_seq: int) -> None:
-        """Forget frames up to ``upto_seq`` (after a checkpoint covers them)."""
+    async def backlog(self, session_id: str) -> int:
+        """Frames appended but not yet processed."""
         ...
     async def delete(self, session_id: str) -> None: ...
+
+
+@dataclass
+class Lease:
+    """A worker's claim on a session. ``token`` is the fencing token: it only grows per session."""
+
+    session_id: str
+    worker_id: str
+    token: int
+    processed_seq: int  # results are committed up to here: frames after it are new
+    checkpoint_seq: int = 0  # the checkpoint covers frames up to here (0: none, start afresh)
+    checkpoint: bytes | None = None
+
+
+class StaleLease(Exception):
+    """The lease was lost (expired and claimed by another worker, or the session is gone)."""
+
+
+class WorkQueue(Protocol):
+    """How workers find sessions with frames, own them one at a time, and commit exactly once."""
+
+    async def claim(self, worker_id: str, limit: int, ttl_ms: int) -> list[Lease]:
+        """Lease up to ``limit`` sessions that have unprocessed frames and no live lease."""
+        ...
+    async def frames_after(self, session_id: str, after_seq: int, upto_seq: int | None = None,
+                           count: int = 1000) -> list[Frame]:
+        """Logged frames with ``after_seq < seq <= upto_seq`` (replay after a checkpoint)."""
+        ...
+    async def take_next(self, cursors: dict[str, tuple[Lease, int]], timeout: float) -> dict[str, Frame]:
+        """For each leased session, its first frame after the cursor seq, marked as taken (the
+        backlog limit no longer drops it); waits up to ``timeout`` s until one session has one.
+        Sessions whose lease is stale are left out."""
+        ...
+    async def commit(self, lease: Lease, results: list[Result], checkpoint: tuple[int, bytes] | None,
+                     ttl_ms: int) -> None:
+        """Atomically: append the results whose seq is above the progress, advance the progress,
+        save the checkpoint and trim the frame log up to it, renew the lease.
+
+        Raises :class:`StaleLease` (and changes nothing) when ``lease.token`` is no longer the
+        session's live lease or the session is gone.
+        """
+        ...
+    async def renew(self, leases: list[Lease], ttl_ms: int) -> list[bool]:
+        """Extend live leases; False for each one that is lost."""
+        ...
+    async def release(self, lease: Lease, checkpoint: tuple[int, bytes] | None) -> None:
+        """Save the checkpoint (fenced) and give the session up; another worker may claim it."""
+        ...
+    async def wait_work(self, timeout: float) -> None:
+        """Return when a session may have become claimable, or after ``timeout`` seconds."""
+        ...
+    async def unclaimed(self) -> int:
+        """Sessions with frames waiting that no worker holds (an autoscaling signal)."""
+        ...
 
 
 class ResultLog(Protocol):
@@ -145,7 +199,8 @@ class ResultLog(Protocol):
 
 
 class CheckpointStore(Protocol):
-    async def save(self, session_id: str, seq: int, data: bytes) -> None: ...
+    """Checkpoints are written by :meth:`WorkQueue.commit` / :meth:`WorkQueue.release` (fenced)."""
+
     async def load(self, session_id: str) -> tuple[int, bytes] | None: ...
     async def delete(self, session_id: str) -> None: ...
 
@@ -156,6 +211,7 @@ class Store:
     frames: FrameLog
     results: ResultLog
     checkpoints: CheckpointStore
+    work: WorkQueue
     kind: str = "memory"
 
     async def ping(self) -> bool:
@@ -172,11 +228,12 @@ class Store:
         return None
 
 
-def create_store(redis_url: str | None, results_cap: int) -> Store:
+def create_store(redis_url: str | None, results_cap: int, **redis_options: Any) -> Store:
+    """The Redis store when ``redis_url`` is set, else the in-memory one (the embedded default)."""
     if redis_url:
-        # The Redis store and worker pool are the next step; refuse rather than silently run in memory.
-        raise ValueError("MOVINET_REDIS_URL is set, but this version only runs the embedded in-memory "
-                         "store; unset MOVINET_REDIS_URL")
+        from service.store.redis import redis_store
+
+        return redis_store(redis_url, results_cap=results_cap, **redis_options)
     from service.store.memory import memory_store
 
     return memory_store(results_cap=results_cap)

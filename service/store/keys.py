@@ -1,4 +1,4 @@
-"""Every Redis key name, in one place (used by the Redis store that comes with the worker pool).
+"""Every Redis key name, in one place (used by :mod:`service.store.redis`).
 
 All keys of a session share the hash tag ``{<session_id>}`` so that a session's keys live in one
 Redis Cluster slot and one Lua script may touch them all.
@@ -30,4 +30,9 @@ def lease(session_id: str) -> str:
 
 
 SESSIONS_BY_CREATION = f"{PREFIX}:sessions"  # zset: session_id scored by creation time
-READY = f"{PREFIX}:ready"  # sessions with frames waiting for a worker
+EXPIRY = f"{PREFIX}:expiry"  # zset: session_id scored by its idle deadline (unix seconds)
+READY = f"{PREFIX}:ready"  # zset: sessions that may need a worker, scored by when to look (unix ms)
+
+
+def ingest(session_id: str) -> str:
+    return f"{PREFIX}:{{{session_id}}}:ingest"  # string with TTL: the gateway pulling the session's source

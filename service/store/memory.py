@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
+import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import Any
 
-from service.store import Appended, DropPolicy, Frame, Result, SessionRecord, Store
+from service.store import Appended, DropPolicy, Frame, Lease, Result, SessionRecord, StaleLease, Store
 
 
 class MemorySessionStore:
@@ -71,63 +72,173 @@ class MemorySessionStore:
         return [r.session_id for r in self._records.values() if r.expires_at <= now]
 
 
+@dataclass
+class _Log:
+    """One session's frames and progress (what Redis keeps in the session's keys)."""
+
+    frames: deque[Frame] = field(default_factory=deque)  # seq order; trimmed up to the checkpoint
+    last_seq: int = 0
+    processed_seq: int = 0
+    taken_seq: int = 0  # the last frame a worker took: not dropped by backpressure any more
+    fence: int = 0
+    lease: tuple[str, int, float] | None = None  # worker, token, expires (monotonic seconds)
+    due: bool = False  # listed as claimable (Redis: in the ready set)
+
+    def pending(self) -> int:
+        return sum(1 for f in self.frames if f.seq > self.processed_seq)
+
+    def leased(self, now: float) -> bool:
+        return self.lease is not None and self.lease[2] > now
+
+
 class MemoryFrameLog:
-    def __init__(self) -> None:
-        self._pending: dict[str, deque[Frame]] = {}
-        self._next_seq: dict[str, int] = {}
-        self._ready: OrderedDict[str, None] = OrderedDict()  # sessions with pending frames, FIFO
+    """Frame logs, leases and checkpoints of every session, in this process."""
+
+    def __init__(self, sessions: MemorySessionStore, results: MemoryResultLog) -> None:
+        self._sessions = sessions
+        self._results = results
+        self._logs: dict[str, _Log] = {}
+        self._checkpoints: dict[str, tuple[int, bytes]] = {}
         self._wakeup = asyncio.Event()
 
-    async def append(self, session_id: str, frame: Frame, *, max_backlog: int, policy: DropPolicy) -> Appended:
-        seq = self._next_seq.get(session_id, 0) + 1
-        self._next_seq[session_id] = seq
-        frame.seq = seq
-        pending = self._pending.setdefault(session_id, deque())
-        keep = 1 if policy == "newest_only" else max_backlog
-        dropped = 0
-        while len(pending) >= keep:
-            pending.popleft()
-            dropped += 1
-        pending.append(frame)
-        if session_id not in self._ready:
-            self._ready[session_id] = None
+    def _wake(self) -> None:
         self._wakeup.set()
-        return Appended(seq=seq, dropped=dropped)
+        self._wakeup = asyncio.Event()
 
-    async def take(self, session_id: str) -> Frame | None:
-        pending = self._pending.get(session_id)
-        if not pending:
-            self._ready.pop(session_id, None)
-            return None
-        frame = pending.popleft()
-        # Round-robin: a session that still has frames goes to the back of the ready queue.
-        self._ready.pop(session_id, None)
-        if pending:
-            self._ready[session_id] = None
-        return frame
+    # --- FrameLog -------------------------------------------------------------------------------
+
+    async def append(self, session_id: str, frame: Frame, *, max_backlog: int, policy: DropPolicy) -> Appended:
+        log = self._logs.setdefault(session_id, _Log())
+        log.last_seq += 1
+        frame.seq = log.last_seq
+        log.frames.append(frame)
+        keep = 1 if policy == "newest_only" else max_backlog
+        floor = max(log.processed_seq, log.taken_seq)
+        pending = [f for f in log.frames if f.seq > floor]
+        doomed = {f.seq for f in pending[: max(0, len(pending) - keep)]}
+        if doomed:
+            log.frames = deque(f for f in log.frames if f.seq not in doomed)
+        log.due = True
+        self._wake()
+        return Appended(seq=frame.seq, dropped=len(doomed))
 
     async def backlog(self, session_id: str) -> int:
-        return len(self._pending.get(session_id, ()))
+        log = self._logs.get(session_id)
+        return log.pending() if log else 0
 
-    async def ready_sessions(self, limit: int) -> list[str]:
-        return list(itertools.islice(self._ready, limit))
+    async def delete(self, session_id: str) -> None:
+        self._logs.pop(session_id, None)
+        self._checkpoints.pop(session_id, None)
+        self._wake()
 
-    async def wait_ready(self, timeout: float) -> None:
-        if self._ready:
+    # --- WorkQueue ------------------------------------------------------------------------------
+
+    async def claim(self, worker_id: str, limit: int, ttl_ms: int) -> list[Lease]:
+        now = time.monotonic()
+        leases = []
+        for session_id, log in list(self._logs.items()):
+            if len(leases) >= limit:
+                break
+            if not log.due or log.leased(now):
+                continue
+            if log.pending() == 0:
+                log.due = False
+                continue
+            log.fence += 1
+            log.lease = (worker_id, log.fence, now + ttl_ms / 1000.0)
+            seq, data = self._checkpoints.get(session_id, (0, None))
+            leases.append(Lease(session_id, worker_id, log.fence, log.processed_seq, seq, data))
+        return leases
+
+    def _live(self, lease: Lease) -> _Log:
+        log = self._logs.get(lease.session_id)
+        if (log is None or log.lease is None or log.lease[:2] != (lease.worker_id, lease.token)
+                or log.lease[2] <= time.monotonic() or self._sessions._records.get(lease.session_id) is None):
+            raise StaleLease(f"lease {lease.token} on {lease.session_id} is no longer live")
+        return log
+
+    async def frames_after(self, session_id: str, after_seq: int, upto_seq: int | None = None,
+                           count: int = 1000) -> list[Frame]:
+        log = self._logs.get(session_id)
+        if log is None:
+            return []
+        found = [f for f in log.frames if f.seq > after_seq and (upto_seq is None or f.seq <= upto_seq)]
+        return found[:count]
+
+    async def take_next(self, cursors: dict[str, tuple[Lease, int]], timeout: float) -> dict[str, Frame]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = {}
+            for session_id, (lease, cursor) in cursors.items():
+                try:
+                    log = self._live(lease)
+                except StaleLease:
+                    continue
+                frames = await self.frames_after(session_id, cursor, count=1)
+                if frames:
+                    found[session_id] = frames[0]
+                    log.taken_seq = max(log.taken_seq, frames[0].seq)
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0:
+                return found
+            wakeup = self._wakeup
+            try:
+                await asyncio.wait_for(wakeup.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def commit(self, lease: Lease, results: list[Result], checkpoint: tuple[int, bytes] | None,
+                     ttl_ms: int) -> None:
+        log = self._live(lease)
+        fresh = [r for r in results if r.seq > log.processed_seq]
+        record = self._sessions._records[lease.session_id]
+        for result in fresh:
+            result.dropped = record.frames_dropped
+            await self._results.append(lease.session_id, result)
+            log.processed_seq = result.seq
+        record.frames_processed += len(fresh)
+        if checkpoint is not None:
+            self._save_checkpoint(lease.session_id, log, checkpoint)
+        log.lease = (lease.worker_id, lease.token, time.monotonic() + ttl_ms / 1000.0)
+
+    def _save_checkpoint(self, session_id: str, log: _Log, checkpoint: tuple[int, bytes]) -> None:
+        seq, data = checkpoint
+        self._checkpoints[session_id] = (seq, data)
+        while log.frames and log.frames[0].seq <= seq:
+            log.frames.popleft()
+
+    async def renew(self, leases: list[Lease], ttl_ms: int) -> list[bool]:
+        alive = []
+        for lease in leases:
+            try:
+                log = self._live(lease)
+            except StaleLease:
+                alive.append(False)
+                continue
+            log.lease = (lease.worker_id, lease.token, time.monotonic() + ttl_ms / 1000.0)
+            alive.append(True)
+        return alive
+
+    async def release(self, lease: Lease, checkpoint: tuple[int, bytes] | None) -> None:
+        log = self._live(lease)
+        if checkpoint is not None:
+            self._save_checkpoint(lease.session_id, log, checkpoint)
+        log.lease = None
+        log.due = log.pending() > 0
+        self._wake()
+
+    async def wait_work(self, timeout: float) -> None:
+        now = time.monotonic()
+        if any(log.due and not log.leased(now) for log in self._logs.values()):
             return
-        self._wakeup.clear()
         try:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
         except TimeoutError:
             pass
 
-    async def trim(self, session_id: str, upto_seq: int) -> None:
-        return None  # taken frames are not kept in memory: nothing to replay in one process
-
-    async def delete(self, session_id: str) -> None:
-        self._pending.pop(session_id, None)
-        self._next_seq.pop(session_id, None)
-        self._ready.pop(session_id, None)
+    async def unclaimed(self) -> int:
+        now = time.monotonic()
+        return sum(1 for log in self._logs.values() if not log.leased(now) and log.pending() > 0)
 
 
 class MemoryResultLog:
@@ -180,24 +291,19 @@ class MemoryResultLog:
 
 
 class MemoryCheckpointStore:
-    def __init__(self) -> None:
-        self._checkpoints: dict[str, tuple[int, bytes]] = {}
-
-    async def save(self, session_id: str, seq: int, data: bytes) -> None:
-        self._checkpoints[session_id] = (seq, data)
+    def __init__(self, frames: MemoryFrameLog) -> None:
+        self._frames = frames
 
     async def load(self, session_id: str) -> tuple[int, bytes] | None:
-        return self._checkpoints.get(session_id)
+        return self._frames._checkpoints.get(session_id)
 
     async def delete(self, session_id: str) -> None:
-        self._checkpoints.pop(session_id, None)
+        self._frames._checkpoints.pop(session_id, None)
 
 
 def memory_store(results_cap: int = 1000) -> Store:
-    return Store(
-        sessions=MemorySessionStore(),
-        frames=MemoryFrameLog(),
-        results=MemoryResultLog(results_cap),
-        checkpoints=MemoryCheckpointStore(),
-        kind="memory",
-    )
+    sessions = MemorySessionStore()
+    results = MemoryResultLog(results_cap)
+    frames = MemoryFrameLog(sessions, results)
+    return Store(sessions=sessions, frames=frames, results=results, checkpoints=MemoryCheckpointStore(frames),
+                 work=frames, kind="memory")

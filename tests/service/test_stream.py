@@ -179,8 +179,8 @@ def test_a_second_stream_continues_the_session_frame_grid(server):
 
 
 def test_state_checkpoints_go_to_the_store_as_bytes(plumbing_weights):
-    """The seam for the Redis mode: every K frames the worker writes the session's state bytes."""
-    from model.streaming import Slot
+    """Every K frames the worker writes the session's state bytes (a safetensors checkpoint)."""
+    from service import checkpoint
     from tests.service.conftest import run_server
 
     with run_server(checkpoint_every=4, max_backlog=64) as server:
@@ -191,8 +191,11 @@ def test_state_checkpoints_go_to_the_store_as_bytes(plumbing_weights):
                                                   server.app.state.loop)
         seq, data = future.result(5)
     assert seq == 8
-    slot = Slot.from_bytes(data)
-    assert slot.frames_seen == 8 and slot.window == server.loaded().clip_frames
+    slot, state, smoothed = checkpoint.decode(data)
+    assert slot.frames_seen == 8 and slot.window == server.loaded().clip_frames and state is None
+    assert slot.states[0]["state_head_pool_buffer"].shape[0] == 1
+    with pytest.raises(ValueError):
+        checkpoint.decode(b"not a checkpoint")
 
 
 def test_the_browser_page_is_served(server):

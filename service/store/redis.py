@@ -1,0 +1,583 @@
+"""The Redis implementation of the store protocols: gateways and workers share nothing else.
+
+Per session (all keys share the hash tag ``{<session_id>}``, see :mod:`service.store.keys`):
+
+* ``session``: a hash with the :class:`SessionRecord` fields plus the progress counters
+  ``last_seq`` (the last seq given to a frame), ``processed_seq`` (results committed up to here)
+  and ``fence`` (the last fencing token handed out);
+* ``frames``: a stream whose entry id is ``<seq>-0``; frames stay until a checkpoint covers them;
+* ``results``: a stream with entry id ``<seq>-0``, capped at ``results_cap`` entries;
+* ``checkpoint``: a hash ``seq``, ``data`` (the state bytes), ``token`` (who wrote it);
+* ``lease``: a string ``"<worker> <token>"`` with a TTL.
+
+Global: ``movinet:sessions`` (zset by creation: listing), ``movinet:expiry`` (zset by idle
+deadline: the reaper) and ``movinet:ready`` (zset of sessions that may need a worker, scored by
+the time from which a worker should look at them: a held session's score is its lease's end,
+so when a worker dies its sessions become due by themselves).
+
+Every change to a session's keys that must be atomic is one Lua script over that session's keys
+only (so it runs on Redis Cluster); the global zsets are hints, updated next to the scripts, and
+every race on them ends with the session listed (see :meth:`RedisWorkQueue._settle`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import fields
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from service.store import Appended, DropPolicy, Frame, Lease, Result, SessionRecord, StaleLease, Store, keys
+
+log = logging.getLogger("service.store.redis")
+
+_INT_FIELDS = {"frames_received", "frames_processed", "frames_dropped", "next_frame_index"}
+_FLOAT_FIELDS = {"created_at", "idle_timeout_s", "last_active_at"}
+_JSON_FIELDS = {"options", "extra"}
+_RECORD_FIELDS = {f.name for f in fields(SessionRecord)}
+KEY_GRACE_S = 120.0  # session keys outlive the idle timeout by this much (if every reaper is gone)
+
+
+def _session_keys(session_id: str) -> list[str]:
+    return [keys.session(session_id), keys.frames(session_id), keys.results(session_id),
+            keys.checkpoint(session_id), keys.lease(session_id)]
+
+
+def _encode(name: str, value: Any) -> str:
+    if name in _JSON_FIELDS:
+        return json.dumps(value, separators=(",", ":"))
+    if name in _FLOAT_FIELDS:
+        return repr(float(value))
+    return str(value)
+
+
+def _decode_record(raw: dict[bytes, bytes]) -> SessionRecord | None:
+    if not raw or b"token_hash" not in raw:
+        return None
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.decode()
+        if name not in _RECORD_FIELDS:
+            continue
+        text = value.decode()
+        if name in _JSON_FIELDS:
+            values[name] = json.loads(text)
+        elif name in _INT_FIELDS:
+            values[name] = int(text)
+        elif name in _FLOAT_FIELDS:
+            values[name] = float(text)
+        else:
+            values[name] = text
+    return SessionRecord(**values)
+
+
+def _seq(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+def _frame(entry_id: bytes, data: dict[bytes, bytes]) -> Frame:
+    pts = data[b"pts"]
+    return Frame(pts=None if pts == b"" else float(pts), frame_index=int(data[b"fi"]),
+                 received_at=float(data[b"t"]), height=int(data[b"h"]), width=int(data[b"w"]),
+                 data=data[b"data"], seq=_seq(entry_id))
+
+
+def _result(entry_id: bytes, data: dict[bytes, bytes]) -> Result:
+    body = json.loads(data[b"r"])
+    return Result(seq=_seq(entry_id), pts=body["pts"], frame_index=body["frame_index"], labels=body["labels"],
+                  lag_ms=body["lag_ms"], dropped=int(data.get(b"d", b"0")), produced_at=body["produced_at"],
+                  error=body.get("error"))
+
+
+def _result_payload(result: Result) -> str:
+    return json.dumps({"pts": result.pts, "frame_index": result.frame_index, "labels": result.labels,
+                       "lag_ms": result.lag_ms, "produced_at": result.produced_at, "error": result.error},
+                      separators=(",", ":"))
+
+
+# --- Lua: each script touches one session's keys only ------------------------------------------
+
+# KEYS: session. ARGV: field, value, ... Creates the record unless it exists.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+# KEYS: session. ARGV: field, delta, ... (no-op on a deleted session)
+_ADD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# KEYS: session. ARGV: field, value, ...
+_SET = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+# KEYS: session, frames, results, checkpoint. ARGV: now, grace_s. Returns the new idle deadline.
+_TOUCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local now = tonumber(ARGV[1])
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_active_at') or '0')
+if now > last then
+  redis.call('HSET', KEYS[1], 'last_active_at', ARGV[1])
+  last = now
+end
+local timeout = tonumber(redis.call('HGET', KEYS[1], 'idle_timeout_s') or '60')
+local ttl = math.floor((timeout + tonumber(ARGV[2])) * 1000)
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+return tostring(last + timeout)
+"""
+
+# Frames after the committed progress, counted (no payload leaves the server).
+_PENDING_LUA = """
+local function pending(session, frames, limit)
+  local processed = redis.call('HGET', session, 'processed_seq') or '0'
+  return redis.call('XRANGE', frames, '(' .. processed .. '-0', '+', 'COUNT', limit)
+end
+"""
+
+# KEYS: session, frames. ARGV: keep, pts, frame_index, received_at, height, width, data.
+# Returns {seq, dropped}; {-1, 0} when the session is gone.
+_APPEND = _PENDING_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
+redis.call('XADD', KEYS[2], seq .. '-0', 'pts', ARGV[2], 'fi', ARGV[3], 't', ARGV[4], 'h', ARGV[5],
+           'w', ARGV[6], 'data', ARGV[7])
+local keep = tonumber(ARGV[1])
+local taken = redis.call('HGET', KEYS[1], 'taken_seq') or '0'
+local waiting = pending(KEYS[1], KEYS[2], keep + 1000)
+while #waiting > 0 and tonumber(string.match(waiting[1][1], '^%d+')) <= tonumber(taken) do
+  table.remove(waiting, 1)
+end
+local dropped = 0
+for i = 1, #waiting - keep do
+  redis.call('XDEL', KEYS[2], waiting[i][1])
+  dropped = dropped + 1
+end
+return {seq, dropped}
+"""
+
+# KEYS: session, frames. Returns the number of frames after the committed progress.
+_BACKLOG = _PENDING_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return #pending(KEYS[1], KEYS[2], 100000)
+"""
+
+# KEYS: session, lease, checkpoint, frames. ARGV: worker, ttl_ms.
+_CLAIM = _PENDING_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl > 0 then return {'held', ttl} end
+if #pending(KEYS[1], KEYS[4], 1) == 0 then return {'idle'} end
+local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
+local processed = redis.call('HGET', KEYS[1], 'processed_seq') or '0'
+local checkpoint = redis.call('HMGET', KEYS[3], 'seq', 'data')
+return {'ok', token, processed, checkpoint[1] or '0', checkpoint[2] or ''}
+"""
+
+# KEYS: session, lease, frames. ARGV: owner, cursor. The first frame after the cursor, marked taken;
+# {} when there is none yet, -1 when the lease is stale.
+_TAKE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+local entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[2] .. '-0', '+', 'COUNT', 1)
+if #entries == 0 then return {} end
+local seq = tonumber(string.match(entries[1][1], '^%d+'))
+if seq > tonumber(redis.call('HGET', KEYS[1], 'taken_seq') or '0') then
+  redis.call('HSET', KEYS[1], 'taken_seq', seq)
+end
+return entries[1]
+"""
+
+_SAVE_CHECKPOINT_LUA = """
+local function save_checkpoint(checkpoint, frames, seq, data, owner)
+  if tonumber(seq) > 0 then
+    redis.call('HSET', checkpoint, 'seq', seq, 'data', data, 'owner', owner)
+    redis.call('XTRIM', frames, 'MINID', (tonumber(seq) + 1) .. '-0')
+  end
+end
+"""
+
+# KEYS: session, lease, results, frames, checkpoint.
+# ARGV: owner, ttl_ms, results_cap, checkpoint_seq (0 = none), checkpoint_data, then seq, result...
+# Returns the number of results appended, or -1 (stale lease / session gone: nothing changed).
+_COMMIT = _SAVE_CHECKPOINT_LUA + """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local processed = tonumber(redis.call('HGET', KEYS[1], 'processed_seq') or '0')
+local dropped = redis.call('HGET', KEYS[1], 'frames_dropped') or '0'
+local appended = 0
+for i = 6, #ARGV, 2 do
+  local seq = tonumber(ARGV[i])
+  if seq > processed then
+    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], seq .. '-0', 'r', ARGV[i + 1], 'd', dropped)
+    processed = seq
+    appended = appended + 1
+  end
+end
+if appended > 0 then
+  redis.call('HSET', KEYS[1], 'processed_seq', processed)
+  redis.call('HINCRBY', KEYS[1], 'frames_processed', appended)
+end
+save_checkpoint(KEYS[5], KEYS[4], ARGV[4], ARGV[5], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return appended
+"""
+
+# KEYS: lease. ARGV: owner, ttl_ms.
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: session, lease, checkpoint, frames. ARGV: owner, checkpoint_seq, checkpoint_data.
+# Returns the frames still waiting, or -1 when the lease was already lost.
+_RELEASE = _SAVE_CHECKPOINT_LUA + _PENDING_LUA + """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+save_checkpoint(KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[1])
+redis.call('DEL', KEYS[2])
+return #pending(KEYS[1], KEYS[4], 1)
+"""
+
+
+class _Scripts:
+    def __init__(self, client: aioredis.Redis) -> None:
+        for name in ("CREATE", "ADD", "SET", "TOUCH", "APPEND", "BACKLOG", "CLAIM", "TAKE", "COMMIT", "RENEW", "RELEASE"):
+            setattr(self, name.lower(), client.register_script(globals()[f"_{name}"]))
+
+
+class RedisSessionStore:
+    def __init__(self, client: aioredis.Redis, scripts: _Scripts) -> None:
+        self._r = client
+        self._s = scripts
+
+    async def create(self, record: SessionRecord) -> None:
+        values: list[str] = []
+        for name, value in record.to_dict().items():
+            values += [name, _encode(name, value)]
+        values += ["last_seq", "0", "processed_seq", "0", "fence", "0"]
+        if not await self._s.create(keys=[keys.session(record.session_id)], args=values):
+            raise KeyError(f"session {record.session_id} exists")
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.SESSIONS_BY_CREATION, {record.session_id: record.created_at})
+            pipe.zadd(keys.EXPIRY, {record.session_id: record.expires_at})
+            await pipe.execute()
+        await self.touch(record.session_id, record.last_active_at)
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        return _decode_record(await self._r.hgetall(keys.session(session_id)))
+
+    async def list(self, cursor: str | None, limit: int) -> tuple[list[SessionRecord], str | None]:
+        after: tuple[float, str] | None = None
+        low: str | float = "-inf"
+        if cursor:
+            created, _, last_id = cursor.partition(":")
+            after = (float(created), last_id)
+            low = after[0]
+        page: list[SessionRecord] = []
+        offset = 0
+        more = False
+        while len(page) <= limit:
+            batch = await self._r.zrangebyscore(keys.SESSIONS_BY_CREATION, low, "+inf", start=offset,
+                                                num=limit + 1, withscores=True)
+            if not batch:
+                break
+            offset += len(batch)
+            for member, score in batch:
+                session_id = member.decode()
+                if after is not None and (score, session_id) <= after:
+                    continue
+                record = await self.get(session_id)
+                if record is None:
+                    continue
+                if len(page) == limit:
+                    more = True
+                    break
+                page.append(record)
+            if more:
+                break
+        next_cursor = f"{page[-1].created_at!r}:{page[-1].session_id}" if more and page else None
+        return page, next_cursor
+
+    async def count(self) -> int:
+        return int(await self._r.zcard(keys.SESSIONS_BY_CREATION))
+
+    async def delete(self, session_id: str) -> bool:
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.delete(*_session_keys(session_id))
+            pipe.zrem(keys.SESSIONS_BY_CREATION, session_id)
+            pipe.zrem(keys.EXPIRY, session_id)
+            pipe.zrem(keys.READY, session_id)
+            deleted, *_ = await pipe.execute()
+        return bool(deleted)
+
+    async def touch(self, session_id: str, now: float) -> None:
+        session_keys = _session_keys(session_id)[:4]
+        deadline = await self._s.touch(keys=session_keys, args=[repr(now), KEY_GRACE_S])
+        if deadline is not None:
+            await self._r.zadd(keys.EXPIRY, {session_id: float(deadline)})
+
+    async def add_counters(self, session_id: str, **deltas: int) -> None:
+        args: list[Any] = []
+        for name, delta in deltas.items():
+            if name not in _INT_FIELDS:
+                raise AttributeError(name)
+            if delta:
+                args += [name, int(delta)]
+        if args:
+            await self._s.add(keys=[keys.session(session_id)], args=args)
+
+    async def set_fields(self, session_id: str, **values: Any) -> None:
+        args: list[str] = []
+        for name, value in values.items():
+            if name not in _RECORD_FIELDS:
+                raise AttributeError(name)
+            args += [name, _encode(name, value)]
+        if args:
+            await self._s.set(keys=[keys.session(session_id)], args=args)
+
+    async def expired(self, now: float) -> list[str]:
+        members = await self._r.zrangebyscore(keys.EXPIRY, "-inf", now)
+        return [m.decode() for m in members]
+
+
+class RedisFrameLog:
+    def __init__(self, client: aioredis.Redis, scripts: _Scripts) -> None:
+        self._r = client
+        self._s = scripts
+
+    async def append(self, session_id: str, frame: Frame, *, max_backlog: int, policy: DropPolicy) -> Appended:
+        keep = 1 if policy == "newest_only" else max_backlog
+        seq, dropped = await self._s.append(
+            keys=[keys.session(session_id), keys.frames(session_id)],
+            args=[keep, "" if frame.pts is None else repr(frame.pts), frame.frame_index, repr(frame.received_at),
+                  frame.height, frame.width, frame.data])
+        if seq < 0:
+            raise KeyError(f"session {session_id} is gone")
+        frame.seq = int(seq)
+        # After the frame is in the log: a worker that ZREMs the session before this sees it.
+        await self._r.zadd(keys.READY, {session_id: _now_ms()}, nx=True)
+        return Appended(seq=int(seq), dropped=int(dropped))
+
+    async def backlog(self, session_id: str) -> int:
+        return int(await self._s.backlog(keys=[keys.session(session_id), keys.frames(session_id)]))
+
+    async def delete(self, session_id: str) -> None:
+        await self._r.delete(keys.frames(session_id))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RedisWorkQueue:
+    def __init__(self, client: aioredis.Redis, scripts: _Scripts, results_cap: int) -> None:
+        self._r = client
+        self._s = scripts
+        self._cap = results_cap
+
+    @staticmethod
+    def _owner(lease: Lease) -> str:
+        return f"{lease.worker_id} {lease.token}"
+
+    async def _settle(self, session_id: str) -> None:
+        """Unlist a session nobody needs to look at; list it again if a frame came meanwhile."""
+        await self._r.zrem(keys.READY, session_id)
+        if await self._s.backlog(keys=[keys.session(session_id), keys.frames(session_id)]):
+            await self._r.zadd(keys.READY, {session_id: _now_ms()}, nx=True)
+
+    async def claim(self, worker_id: str, limit: int, ttl_ms: int) -> list[Lease]:
+        if limit <= 0:
+            return []
+        now = _now_ms()
+        due = await self._r.zrangebyscore(keys.READY, "-inf", now, start=0, num=limit * 2)
+        leases: list[Lease] = []
+        for member in due:
+            if len(leases) >= limit:
+                break
+            session_id = member.decode()
+            reply = await self._s.claim(
+                keys=[keys.session(session_id), keys.lease(session_id), keys.checkpoint(session_id),
+                      keys.frames(session_id)],
+                args=[worker_id, ttl_ms])
+            status = reply[0].decode()
+            if status == "gone":
+                await self._r.zrem(keys.READY, session_id)
+            elif status == "idle":
+                await self._settle(session_id)
+            elif status == "held":
+                await self._r.zadd(keys.READY, {session_id: now + int(reply[1])}, xx=True)
+            else:
+                _, token, processed, checkpoint_seq, data = reply
+                await self._r.zadd(keys.READY, {session_id: now + ttl_ms}, xx=True)
+                leases.append(Lease(session_id, worker_id, int(token), int(processed), int(checkpoint_seq),
+                                    bytes(data) if int(checkpoint_seq) > 0 else None))
+        return leases
+
+    async def frames_after(self, session_id: str, after_seq: int, upto_seq: int | None = None,
+                           count: int = 1000) -> list[Frame]:
+        entries = await self._r.xrange(keys.frames(session_id), f"({after_seq}-0",
+                                       "+" if upto_seq is None else f"{upto_seq}-0", count=count)
+        return [_frame(entry_id, data) for entry_id, data in entries]
+
+    async def _take(self, cursors: dict[str, tuple[Lease, int]]) -> dict[str, Frame]:
+        order = list(cursors)
+        async with self._r.pipeline(transaction=False) as pipe:
+            for sid in order:
+                lease, cursor = cursors[sid]
+                await self._s.take(keys=[keys.session(sid), keys.lease(sid), keys.frames(sid)],
+                                   args=[self._owner(lease), cursor], client=pipe)
+            replies = await pipe.execute()
+        found: dict[str, Frame] = {}
+        for sid, reply in zip(order, replies, strict=True):
+            if isinstance(reply, list) and reply:
+                entry_id, flat = reply
+                found[sid] = _frame(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        return found
+
+    async def take_next(self, cursors: dict[str, tuple[Lease, int]], timeout: float) -> dict[str, Frame]:
+        if not cursors:
+            await asyncio.sleep(timeout)
+            return {}
+        found = await self._take(cursors)
+        if found or timeout <= 0:
+            return found
+        # Nothing yet: wait (without polling) until one of the streams grows, then take.
+        streams = {keys.frames(sid): f"{cursor}-0" for sid, (_, cursor) in cursors.items()}
+        reply = await self._r.xread(streams, count=1, block=max(1, int(timeout * 1000)))
+        arrived = {stream.decode().split("{", 1)[1].split("}", 1)[0] for stream, entries in reply or [] if entries}
+        return await self._take({sid: cursors[sid] for sid in arrived if sid in cursors}) if arrived else {}
+
+    async def commit(self, lease: Lease, results: list[Result], checkpoint: tuple[int, bytes] | None,
+                     ttl_ms: int) -> None:
+        sid = lease.session_id
+        args: list[Any] = [self._owner(lease), ttl_ms, self._cap, checkpoint[0] if checkpoint else 0,
+                           checkpoint[1] if checkpoint else b""]
+        for result in results:
+            args += [result.seq, _result_payload(result)]
+        appended = await self._s.commit(
+            keys=[keys.session(sid), keys.lease(sid), keys.results(sid), keys.frames(sid), keys.checkpoint(sid)],
+            args=args)
+        if appended < 0:
+            raise StaleLease(f"lease {lease.token} on {sid} is no longer live")
+        await self._r.zadd(keys.READY, {sid: _now_ms() + ttl_ms}, xx=True)
+
+    async def renew(self, leases: list[Lease], ttl_ms: int) -> list[bool]:
+        if not leases:
+            return []
+        async with self._r.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                await self._s.renew(keys=[keys.lease(lease.session_id)], args=[self._owner(lease), ttl_ms],
+                                    client=pipe)
+            replies = await pipe.execute()
+        alive = [bool(r) for r in replies]
+        due = _now_ms() + ttl_ms
+        live = {lease.session_id: due for lease, ok in zip(leases, alive, strict=True) if ok}
+        if live:
+            await self._r.zadd(keys.READY, live, xx=True)
+        return alive
+
+    async def release(self, lease: Lease, checkpoint: tuple[int, bytes] | None) -> None:
+        sid = lease.session_id
+        waiting = await self._s.release(
+            keys=[keys.session(sid), keys.lease(sid), keys.checkpoint(sid), keys.frames(sid)],
+            args=[self._owner(lease), checkpoint[0] if checkpoint else 0, checkpoint[1] if checkpoint else b""])
+        if waiting < 0:
+            raise StaleLease(f"lease {lease.token} on {sid} is no longer live")
+        if waiting:
+            await self._r.zadd(keys.READY, {sid: _now_ms()})  # due now: another worker may take it
+        else:
+            await self._settle(sid)
+
+    async def wait_work(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if await self._r.zcount(keys.READY, "-inf", _now_ms()):
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(0.02, remaining))
+
+    async def unclaimed(self) -> int:
+        return int(await self._r.zcount(keys.READY, "-inf", _now_ms()))
+
+
+class RedisResultLog:
+    def __init__(self, client: aioredis.Redis, cap: int) -> None:
+        self._r = client
+        self._cap = cap
+
+    async def append(self, session_id: str, result: Result) -> None:
+        try:
+            await self._r.xadd(keys.results(session_id), {"r": _result_payload(result), "d": result.dropped},
+                               id=f"{result.seq}-0", maxlen=self._cap, approximate=False)
+        except ResponseError as exc:
+            raise ValueError(f"result seq {result.seq} not after the last one: {exc}") from None
+
+    async def read_after(self, session_id: str, after_seq: int, limit: int = 100,
+                         timeout: float | None = None) -> list[Result]:
+        key = keys.results(session_id)
+        entries = await self._r.xrange(key, f"({after_seq}-0", "+", count=limit)
+        if not entries and timeout:
+            reply = await self._r.xread({key: f"{after_seq}-0"}, count=limit, block=max(1, int(timeout * 1000)))
+            entries = reply[0][1] if reply else []
+        return [_result(entry_id, data) for entry_id, data in entries]
+
+    async def last(self, session_id: str) -> Result | None:
+        entries = await self._r.xrevrange(keys.results(session_id), "+", "-", count=1)
+        return _result(*entries[0]) if entries else None
+
+    async def delete(self, session_id: str) -> None:
+        await self._r.delete(keys.results(session_id))
+
+
+class RedisCheckpointStore:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._r = client
+
+    async def load(self, session_id: str) -> tuple[int, bytes] | None:
+        seq, data = await self._r.hmget(keys.checkpoint(session_id), ["seq", "data"])
+        return (int(seq), bytes(data)) if seq is not None else None
+
+    async def delete(self, session_id: str) -> None:
+        await self._r.delete(keys.checkpoint(session_id))
+
+
+class RedisStore(Store):
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.client.ping(), 2.0))
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    async def delete_session(self, session_id: str) -> bool:
+        return await self.sessions.delete(session_id)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def redis_store(url: str, results_cap: int = 1000, socket_timeout: float = 30.0) -> RedisStore:
+    """A store on the Redis at ``url``. Commands fail fast while Redis is away (the callers back
+    off and retry); the client reconnects by itself when it is back."""
+    client = aioredis.from_url(url, decode_responses=False, socket_connect_timeout=2.0,
+                               socket_timeout=socket_timeout, health_check_interval=15)
+    scripts = _Scripts(client)
+    store = RedisStore(
+        sessions=RedisSessionStore(client, scripts), frames=RedisFrameLog(client, scripts),
+        results=RedisResultLog(client, results_cap), checkpoints=RedisCheckpointStore(client),
+        work=RedisWorkQueue(client, scripts, results_cap), kind="redis",
+    )
+    store.client = client
+    return store

@@ -27,7 +27,7 @@ from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.sessions import SessionService
 from service.settings import Settings
-from service.store import create_store
+from service.store import STORE_ERRORS, create_store
 
 log = logging.getLogger("service.app")
 
@@ -129,6 +129,14 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.message, exc.headers)
+
+    async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning(kv("store_unavailable", path=request.url.path, error=repr(exc)))
+        return _error(503, "store_unavailable", "the state store is unreachable; retry in a moment",
+                      {"Retry-After": "2"})
+
+    for error_type in STORE_ERRORS:
+        app.add_exception_handler(error_type, _store_unavailable)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,6 +12,7 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009  # over the transport cap (4 x max_message_bytes); sent by the WS layer
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012  # server shutting down: reconnect (the session survives in Redis mode)
+    TRY_AGAIN_LATER = 1013  # the state store (Redis) is unreachable: reconnect with backoff
     BAD_REQUEST = 4400  # bad query parameters
     UNAUTHORIZED = 4401  # no session token
     FORBIDDEN = 4403  # wrong session token

@@ -23,7 +23,7 @@ from service.media import ImageStream, Prepared, VideoStreamDecoder, sniff
 from service.metrics import Metrics
 from service.registry import LoadedModel
 from service.settings import Settings
-from service.store import Frame, SessionRecord, Store
+from service.store import STORE_ERRORS, Frame, SessionRecord, Store
 
 log = logging.getLogger("service.ingest")
 
@@ -32,8 +32,10 @@ Report = Callable[[str, str], Awaitable[None]]
 
 class StreamIngest:
     def __init__(self, record: SessionRecord, model: LoadedModel, settings: Settings, store: Store,
-                 metrics: Metrics, image_pool: Executor, report: Report):
+                 metrics: Metrics, image_pool: Executor | None, report: Report):
         self.session_id = record.session_id
+        self._store_error_reported = 0.0
+        self._lost_reported = False
         self.model = model
         self.settings = settings
         self.store = store
@@ -87,6 +89,17 @@ class StreamIngest:
             await self._queue_image(data, arrived_at)
         else:
             await self._feed_video(data)
+
+    async def add_frame(self, prepared: Prepared, kind: str) -> None:
+        """A model frame from a source that decodes and resamples by itself (RTSP, WebRTC).
+
+        ``prepared.slot`` is on the grid of the current input stream; :meth:`end_stream` ends it
+        (a reconnect), and the next stream continues the session's grid after it.
+        """
+        if self.mode is None:
+            self.mode = kind
+            log.info(kv("stream_started", session_id=self.session_id, mode=kind))
+        await self._append(prepared, received_at=prepared.decoded_at, kind=kind)
 
     def set_next_pts(self, pts: float) -> None:
         self.next_pts = pts
@@ -270,8 +283,23 @@ class StreamIngest:
         self.max_slot = max(self.max_slot, prepared.slot)
         frame = Frame(pts=prepared.pts, frame_index=self.frame_index_base + prepared.slot, received_at=received_at,
                       height=prepared.rgb.shape[0], width=prepared.rgb.shape[1], data=prepared.rgb.tobytes())
-        appended = await self.store.frames.append(self.session_id, frame, max_backlog=self.max_backlog,
-                                                  policy=self.drop_policy)
+        try:
+            appended = await self.store.frames.append(self.session_id, frame, max_backlog=self.max_backlog,
+                                                      policy=self.drop_policy)
+        except STORE_ERRORS as exc:
+            # Redis is away: this frame is lost (counted here; the store cannot count it), the socket goes on.
+            self.metrics.frames_dropped.labels("store").inc()
+            if time.monotonic() - self._store_error_reported > 2.0:
+                self._store_error_reported = time.monotonic()
+                log.warning(kv("store_unavailable", session_id=self.session_id, error=repr(exc)))
+                await self.report("store_unavailable", "the state store is unreachable: frames are dropped "
+                                  "until it is back")
+            return
+        except KeyError:
+            if not self._lost_reported:
+                self._lost_reported = True
+                await self.report("session_lost", "the session is gone from the store")
+            return
         self.last_seq = appended.seq
         await self.store.sessions.add_counters(self.session_id, frames_received=1, frames_dropped=appended.dropped)
         self.metrics.frames_received.labels(kind).inc()

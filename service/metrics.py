@@ -21,6 +21,11 @@ class Metrics:
         self.sessions_closed = Counter("movinet_sessions_closed_total", "Sessions closed.", ["reason"],
                                        registry=registry)
         self.connections = Gauge("movinet_ws_connections", "Open WebSockets.", ["role"], registry=registry)
+        self.sources_active = Gauge("movinet_sources_active", "Server-side sources: RTSP pullers, WebRTC peers.",
+                                    ["type"], registry=registry)
+        self.source_reconnects = Counter("movinet_source_reconnects_total",
+                                         "RTSP connections lost or refused (each followed by a retry or a failure).",
+                                         ["type"], registry=registry)
         self.messages_received = Counter("movinet_ws_messages_received_total", "Messages from clients.",
                                          ["kind"], registry=registry)
         self.frames_received = Counter(
@@ -29,7 +34,7 @@ class Metrics:
         self.frames_processed = Counter("movinet_frames_processed_total", "Model frames inferred.",
                                         ["model"], registry=registry)
         self.frames_dropped = Counter(
-            "movinet_frames_dropped_total", "Frames dropped: backpressure, too_large, late, error.",
+            "movinet_frames_dropped_total", "Frames dropped: backpressure, too_large, late, error, store (unreachable).",
             ["reason"], registry=registry)
         self.decode_errors = Counter("movinet_decode_errors_total", "Undecodable inputs.", ["code"],
                                      registry=registry)
@@ -75,7 +80,7 @@ class Metrics:
                                     ["role"], registry=registry)
 
         # Children that exist from the start, so that dashboards and alerts see zeros, not gaps.
-        for reason in ("backpressure", "too_large", "late", "error"):
+        for reason in ("backpressure", "too_large", "late", "error", "store"):
             self.frames_dropped.labels(reason)
         for kind in ("image", "video"):
             self.frames_received.labels(kind)

@@ -20,13 +20,14 @@ from service.errors import ApiError, CloseCode
 from service.ingest import StreamIngest
 from service.logs import kv
 from service.sessions import SessionService
-from service.store import SessionRecord
+from service.store import STORE_ERRORS, SessionRecord
 
 log = logging.getLogger("service.ws")
 router = APIRouter()
 
 MAX_CONTROL_BYTES = 64 * 1024
 TOUCH_EVERY_S = 1.0
+SESSION_CHECK_EVERY_S = 2.0  # a results pump with nothing to send checks that its session still exists
 
 
 class Connection:
@@ -90,6 +91,11 @@ async def _authorise(websocket: WebSocket, service: SessionService, session_id: 
     try:
         record = await service.get(session_id)
         service.check_token(record, _token(websocket))
+    except STORE_ERRORS as exc:
+        log.warning(kv("ws_refused", session_id=session_id, code=int(CloseCode.TRY_AGAIN_LATER), error=repr(exc)))
+        await _refuse(websocket, CloseCode.TRY_AGAIN_LATER, "store_unavailable",
+                      "the state store is unreachable; reconnect in a moment")
+        return None
     except ApiError as exc:
         code = {404: CloseCode.NOT_FOUND, 401: CloseCode.UNAUTHORIZED, 403: CloseCode.FORBIDDEN}[exc.status]
         log.info(kv("ws_refused", session_id=session_id, code=int(code), reason=exc.code))
@@ -112,10 +118,31 @@ class ResultPump:
         self._progress = asyncio.Condition()
 
     async def run(self) -> None:
-        results = self.service.store.results
+        store = self.service.store
         session_id = self.connection.session_id
+        backoff, reported, last_check = 0.0, False, time.monotonic()
         while not self.connection.closed.is_set():
-            batch = await results.read_after(session_id, self.sent_seq, limit=64, timeout=2.0)
+            try:
+                batch = await store.results.read_after(session_id, self.sent_seq, limit=64, timeout=2.0)
+                if not batch and time.monotonic() - last_check > SESSION_CHECK_EVERY_S:
+                    last_check = time.monotonic()
+                    if await store.sessions.get(session_id) is None:
+                        await self._lost()
+                        return
+                backoff, reported = 0.0, False
+            except STORE_ERRORS as exc:
+                # Redis is away: say so once, keep the socket, retry with backoff; when it is back
+                # the session is either there (go on) or lost (a restart without persistence).
+                if not reported:
+                    reported = True
+                    log.warning(kv("store_unavailable", session_id=session_id, error=repr(exc)))
+                    await self.connection.send({"type": "error", "code": "store_unavailable",
+                                                "message": "the state store is unreachable; labels resume when "
+                                                "it is back"})
+                backoff = min(max(0.2, backoff * 2), 5.0)
+                await asyncio.sleep(backoff)
+                last_check = 0.0
+                continue
             for result in batch:
                 if not await self.connection.send(result.to_message()):
                     return
@@ -123,6 +150,14 @@ class ResultPump:
             if batch:
                 async with self._progress:
                     self._progress.notify_all()
+
+    async def _lost(self) -> None:
+        log.warning(kv("session_lost", session_id=self.connection.session_id, last_seq=self.sent_seq))
+        await self.connection.close(
+            CloseCode.GONE, "session lost",
+            {"type": "error", "code": "session_lost", "last_seq": self.sent_seq,
+             "message": "the session is gone from the state store (deleted through another gateway, expired, "
+                        "or the store restarted without persistence); create a new session"})
 
     async def wait_sent(self, seq: int, timeout: float) -> bool:
         async def reached() -> None:
@@ -176,7 +211,7 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
                            "weights": loaded.weights, "frame_rate": loaded.frame_rate,
                            "input_size": loaded.input_size, "after_seq": pump.sent_seq,
                            "next_frame_index": ingest.frame_index_base})
-    await service.touch(session_id)
+    await _touch(service, session_id)
     last_touch = time.monotonic()
     close_code = CloseCode.NORMAL
     try:
@@ -187,8 +222,8 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
                 break
             arrived_at = time.time()
             if time.monotonic() - last_touch > TOUCH_EVERY_S:
-                await service.touch(session_id)
                 last_touch = time.monotonic()
+                await _touch(service, session_id)
             data, text = message.get("bytes"), message.get("text")
             if data is not None:
                 metrics.messages_received.labels("binary").inc()
@@ -214,8 +249,15 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
         pump_task.cancel()
         service.hub.detach_stream(session_id, connection)
         metrics.connections.labels("stream").dec()
-        await service.touch(session_id)
+        await _touch(service, session_id)
         log.info(kv("stream_disconnected", session_id=session_id, code=int(close_code), last_seq=pump.sent_seq))
+
+
+async def _touch(service: SessionService, session_id: str) -> None:
+    try:
+        await service.touch(session_id)
+    except STORE_ERRORS:
+        pass  # the store is away: the pump tells the client; the idle clock waits for it
 
 
 async def _control(text: str, ingest: StreamIngest, connection: Connection, pump: ResultPump, report) -> bool:
@@ -271,8 +313,12 @@ async def labels(websocket: WebSocket, session_id: str) -> None:
     service.metrics.connections.labels("labels").inc()
     pump = ResultPump(connection, service, await _start_seq(websocket, service, session_id))
     pump_task = asyncio.create_task(pump.run(), name=f"labels-{session_id}")
-    await connection.send({"type": "session", "session_id": session_id, "model": record.model,
-                           "weights": record.weights, "after_seq": pump.sent_seq})
+    greeting = {"type": "session", "session_id": session_id, "model": record.model, "weights": record.weights,
+                "after_seq": pump.sent_seq}
+    producer = service.hub.streams.get(session_id)
+    if hasattr(producer, "status"):  # an RTSP puller or WebRTC peer: where it stands now
+        greeting["source"] = producer.status()
+    await connection.send(greeting)
     try:
         while True:
             message = await websocket.receive()

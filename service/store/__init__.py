@@ -24,6 +24,13 @@ from typing import Any, Literal, Protocol
 
 DropPolicy = Literal["drop_oldest", "newest_only"]
 
+try:  # what a store call raises while the store is away (Redis down, restarting, unreachable)
+    from redis.exceptions import RedisError
+
+    STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, ConnectionError, TimeoutError)
+except ImportError:  # pragma: no cover - redis is a dependency of the service
+    STORE_ERRORS = (ConnectionError, TimeoutError)
+
 
 @dataclass
 class SessionRecord:

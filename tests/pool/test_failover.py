@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import signal
 import threading
 import time
 
 import httpx
+import websockets
 
-from tests.pool.conftest import Pool, assert_same_labels, results_of, stream_frames, video_frames
+from tests.pool.conftest import Pool, assert_same_labels, results_of, stream_frames, video_frames, ws_url
 
 FRAMES = 40  # 8 s of the test video at 5 fps: two motions
 
@@ -65,3 +68,137 @@ def test_labels_survive_sigkilled_workers_seq_for_seq(pool: Pool):
     status = [httpx.get(f"{gw.url}/sessions/{s['session_id']}", params={"token": s["token"]}).json()
               for gw, s in sessions]
     assert all(st["frames_processed"] == FRAMES and st["frames_dropped"] == 0 for st in status), status
+
+
+def test_a_frozen_worker_that_wakes_up_cannot_commit(pool: Pool):
+    """Fencing with real processes: SIGSTOP the worker holding a session past its lease, let another
+    take over, SIGCONT the first: its commits are refused and the labels stay those of one run."""
+    gateway = pool.add("gateway", 1)[0]
+    workers = pool.add("worker", 2)
+    for proc in [gateway, *workers]:
+        proc.wait_ready()
+    frames = video_frames(FRAMES)
+    reference = results_of(asyncio.run(stream_frames(gateway, pool.create(gateway), frames)))
+    session = pool.create(gateway)
+    frozen: list = []
+
+    def freeze_the_holder() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not frozen:
+            for event in pool.events("lease_taken"):
+                if event["session_id"] == session["session_id"]:
+                    holder = next(w for w in workers if f"-{w.process.pid}-" in event["worker"])
+                    time.sleep(0.5)  # let it process a few frames first
+                    holder.process.send_signal(signal.SIGSTOP)
+                    frozen.append(holder)
+                    time.sleep(2.5)  # > the 1 s lease: the other worker takes over meanwhile
+                    holder.process.send_signal(signal.SIGCONT)
+                    return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=freeze_the_holder, daemon=True)
+    thread.start()
+    messages = asyncio.run(stream_frames(gateway, session, frames, timeout=120))
+    thread.join(30)
+    assert frozen, "the session was never leased"
+    assert_same_labels(results_of(messages), reference)
+    deadline = time.monotonic() + 15  # the thawed worker notices at its next renew or commit
+    while not (lost := [e for e in pool.events("lease_lost") if e["session_id"] == session["session_id"]]):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert lost and all(e["reason"] == "stale" for e in lost), lost
+    holders = {e["worker"] for e in pool.events("lease_taken") if e["session_id"] == session["session_id"]}
+    assert len(holders) == 2, holders
+
+
+def test_labels_resume_on_another_gateway_after_a_gateway_dies(pool: Pool):
+    """Gateways are stateless: a watcher whose gateway is SIGKILLed reconnects to another one with
+    ``after_seq`` and gets the rest, no gap and no duplicate; the producer reconnects too."""
+    gateways = pool.add("gateway", 2)
+    pool.add("worker", 1)
+    for proc in gateways + pool.workers:
+        proc.wait_ready()
+    frames = video_frames(FRAMES)
+    session = pool.create(gateways[0])
+    seen: list[int] = []
+
+    async def watch() -> None:
+        for gateway in (gateways[1], gateways[0]):  # gateway 1 dies halfway; then gateway 0
+            url = ws_url(gateway, session, "labels", after_seq=seen[-1] if seen else 0)
+            try:
+                async with websockets.connect(url) as ws:
+                    async for raw in ws:
+                        message = json.loads(raw)
+                        if message["type"] == "result":
+                            seen.append(message["seq"])
+                            if message["seq"] == FRAMES:
+                                return
+            except websockets.ConnectionClosed:
+                continue
+
+    async def produce() -> None:
+        half = FRAMES // 2
+        first = await stream_frames(gateways[1], session, frames[:half])
+        assert results_of(first)[-1]["seq"] == half
+        while len(seen) < half // 2:
+            await asyncio.sleep(0.05)
+        gateways[1].kill()  # SIGKILL: its sockets die without a goodbye
+        rest = [(pts, data) for pts, data in frames[half:]]
+        await stream_frames(gateways[0], session, rest)
+
+    async def both() -> None:
+        watcher = asyncio.create_task(watch())
+        await produce()
+        await asyncio.wait_for(watcher, 60)
+
+    asyncio.run(both())
+    assert seen == list(range(1, FRAMES + 1))
+
+
+def test_redis_restart_without_persistence_is_reported_not_hung(pool: Pool):
+    """Redis dies and comes back empty: gateways and workers stay up, say not-ready meanwhile, and
+    the client is told its session was lost (close 4410) instead of waiting forever; new sessions work."""
+    gateway = pool.add("gateway", 1)[0]
+    worker = pool.add("worker", 1)[0]
+    for proc in (gateway, worker):
+        proc.wait_ready()
+    frames = video_frames(10)
+    session = pool.create(gateway)
+
+    async def scenario() -> tuple[list[dict], int]:
+        messages: list[dict] = []
+        async with websockets.connect(ws_url(gateway, session), max_size=None) as ws:
+            await ws.recv()
+            for pts, data in frames[:5]:
+                await ws.send(json.dumps({"type": "frame", "pts": pts}))
+                await ws.send(data)
+            while len(results_of(messages)) < 5:
+                messages.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+            pool.redis.kill()
+            await asyncio.sleep(1.0)
+            for pts, data in frames[5:7]:  # lost: the store is away
+                await ws.send(json.dumps({"type": "frame", "pts": pts}))
+                await ws.send(data)
+            ready_while_down = httpx.get(gateway.url + "/readyz", timeout=5).status_code
+            worker_ready_while_down = httpx.get(worker.url + "/readyz", timeout=5).status_code
+            assert (ready_while_down, worker_ready_while_down) == (503, 503)
+            assert httpx.post(gateway.url + "/sessions", json={}, timeout=5).status_code == 503
+            pool.redis.start()
+            try:
+                async for raw in ws:
+                    messages.append(json.loads(raw))
+            except websockets.ConnectionClosed:
+                pass
+            return messages, ws.close_code
+
+    messages, close_code = asyncio.run(asyncio.wait_for(scenario(), 90))
+    codes = [m.get("code") for m in messages if m["type"] == "error"]
+    assert "store_unavailable" in codes and codes[-1] == "session_lost", codes
+    assert close_code == 4410
+    assert gateway.alive() and worker.alive()
+    gateway.wait_ready(30)
+    worker.wait_ready(30)
+    fresh = pool.create(gateway)
+    after = results_of(asyncio.run(stream_frames(gateway, fresh, frames)))
+    assert [r["seq"] for r in after] == list(range(1, 11))

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 
 class WebSocketSource(BaseModel):
-    """Frames arrive on ``WS /sessions/{id}/stream``.
-
-    Other source types (``rtsp``, ``webrtc``) will join this as a union on ``type``.
-    """
+    """Frames arrive on ``WS /sessions/{id}/stream`` (or from a WebRTC peer, see ``webrtc``)."""
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["websocket"] = "websocket"
@@ -21,6 +18,48 @@ class WebSocketSource(BaseModel):
     frame_rate: float | None = Field(
         None, gt=0, le=240, description="Frame rate of a video stream that has no timestamps (raw H.264). "
         "Without it such frames are timed by arrival.")
+
+
+class RtspSource(BaseModel):
+    """The server pulls an RTSP camera (rtsp:// or rtsps://) and reconnects when it drops or stalls."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["rtsp"]
+    url: str = Field(max_length=2048, description="rtsp:// or rtsps:// URL; credentials in it are never "
+                     "returned nor logged. Private, loopback and link-local addresses are refused unless "
+                     "the server allows them (MOVINET_RTSP_ALLOW_PRIVATE_ADDRESSES).")
+    transport: Literal["tcp", "udp"] = Field("tcp", description="RTP over the RTSP TCP connection, or over UDP.")
+    open_timeout_s: float = Field(10.0, gt=0, le=120, description="Give up opening the stream after this long.")
+    read_timeout_s: float = Field(5.0, gt=0, le=120, description="A stream without data this long is reopened.")
+    reconnect_delay_s: float = Field(1.0, gt=0, le=60, description="First wait before reopening; doubles "
+                                     "after each connection that gave no frame.")
+    max_reconnect_delay_s: float = Field(30.0, gt=0, le=600, description="Longest wait between tries.")
+    max_reconnects: int | None = Field(None, ge=0, description="Give up after this many tries in a row that "
+                                       "gave no frame (state `failed`); null: never.")
+
+
+class WebRtcSource(BaseModel):
+    """Frames arrive from a WebRTC peer: ``POST /sessions/{id}/webrtc`` with an SDP offer.
+
+    A ``websocket`` session takes a WebRTC peer too (and a ``webrtc`` one a ``/stream`` socket), one
+    producer at a time; the type says what the client means to use (metrics, status).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["webrtc"]
+
+
+def _source_type(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("type", "websocket")
+    return getattr(value, "type", "websocket")
+
+
+Source = Annotated[
+    Annotated[WebSocketSource, Tag("websocket")] | Annotated[RtspSource, Tag("rtsp")]
+    | Annotated[WebRtcSource, Tag("webrtc")],
+    Discriminator(_source_type),
+]
 
 
 class WindowPolicy(BaseModel):
@@ -44,7 +83,8 @@ class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     model: str | None = Field(None, description="A name from GET /models; default the server's default model.")
     weights: str | None = Field(None, description="A weights tag of that model; default its first.")
-    source: WebSocketSource = Field(default_factory=WebSocketSource)
+    source: Source = Field(default_factory=WebSocketSource, description="Where frames come from: `websocket` "
+                           "(default), `webrtc` or `rtsp`.")
     top_k: int = Field(5, ge=1, le=100)
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="Labels scored below this are left out.")
     smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Exponential smoothing of scores over frames: "
@@ -81,6 +121,21 @@ class LastResult(BaseModel):
     labels: list[Label]
 
 
+class SourceStatus(BaseModel):
+    """A server-side source: an RTSP puller or a WebRTC peer."""
+
+    type: Literal["rtsp", "webrtc"]
+    state: str = Field(description="rtsp: `connecting`, `streaming`, `reconnecting`, `failed`, `stopped`; "
+                       "webrtc: the peer connection's state (`new`, `connecting`, `connected`, ...).")
+    url: str | None = Field(None, description="The camera URL, credentials hidden.")
+    transport: str | None = None
+    reconnects: int = 0
+    last_error: str | None = None
+    connected_at: float | None = None
+    last_frame_at: float | None = None
+    retry_in_s: float | None = Field(None, description="While reconnecting: the wait before the next try.")
+
+
 class SessionStatus(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
     session_id: str
@@ -96,6 +151,7 @@ class SessionStatus(BaseModel):
     lag_ms: float | None = Field(description="Frame-to-label lag of the last result.")
     last_result: LastResult | None
     options: dict
+    source: SourceStatus | None = Field(None, description="The RTSP puller or WebRTC peer feeding the session.")
 
 
 class SessionPage(BaseModel):

@@ -15,6 +15,7 @@ import secrets
 import time
 from typing import Any, Protocol
 
+from service import rtsp
 from service.errors import ApiError, CloseCode
 from service.inference import InferenceLoop
 from service.logs import kv
@@ -79,6 +80,11 @@ class ConnectionHub:
         await asyncio.gather(*(c.close(code, reason, message) for c in self.connections(session_id)),
                              return_exceptions=True)
 
+    async def broadcast(self, session_id: str, message: dict[str, Any]) -> None:
+        """A message to the session's labels sockets (source events of an RTSP puller, say)."""
+        await asyncio.gather(*(w.send(message) for w in list(self.watchers.get(session_id, ()))),
+                             return_exceptions=True)
+
     async def close_all(self, code: int, reason: str, message: dict | None = None) -> None:
         await asyncio.gather(*(c.close(code, reason, message) for c in self.connections()),
                              return_exceptions=True)
@@ -130,11 +136,14 @@ class SessionService:
 
     # --- sessions -------------------------------------------------------------------------------
 
-    async def create(self, request: SessionCreate, source: str = "websocket") -> tuple[SessionRecord, str, LoadedModel]:
+    async def create(self, request: SessionCreate, source: str | None = None) -> tuple[SessionRecord, str, LoadedModel]:
         if await self.store.sessions.count() >= self.settings.max_sessions:
             raise ApiError(429, "too_many_sessions",
                            f"the server holds its maximum of {self.settings.max_sessions} sessions",
                            headers={"Retry-After": "5"})
+        camera = None
+        if request.source.type == "rtsp":  # a refused camera URL makes no session
+            camera = await rtsp.check_source(request.source.model_dump(), self.settings.rtsp_allow_private_addresses)
         try:
             loaded = await self.registry.load(request.model, request.weights)
         except ApiError:
@@ -155,16 +164,26 @@ class SessionService:
                        "frames": None if window.policy == "unbounded" else (window.frames or loaded.clip_frames)},
             "backpressure": {"policy": backpressure.policy or self.settings.drop_policy, "max_backlog": max_backlog},
         }
+        extra: dict[str, Any] = {}
+        if camera is not None:  # options are returned and logged: the URL's secrets stay in `extra`
+            options["source"]["url"] = camera.redacted
+            extra["source_url"] = camera.url
         idle_timeout = min(request.idle_timeout_s or self.settings.idle_timeout_s, self.settings.max_idle_timeout_s)
         token = secrets.token_urlsafe(24)
         now = time.time()
         record = SessionRecord(
             session_id="s_" + secrets.token_hex(8), token_hash=hash_token(token), model=loaded.name,
             weights=loaded.weights, options=options, created_at=now, idle_timeout_s=idle_timeout,
-            last_active_at=now,
+            last_active_at=now, extra=extra,
         )
         await self.store.sessions.create(record)
-        self.metrics.sessions_created.labels(source).inc()
+        if camera is not None:
+            try:
+                await rtsp.start_puller(self, record, loaded, camera)
+            except BaseException:
+                await self.store.delete_session(record.session_id)
+                raise
+        self.metrics.sessions_created.labels(source or request.source.type).inc()
         self.metrics.sessions_active.set(await self.store.sessions.count())
         log.info(kv("session_created", session_id=record.session_id, model=loaded.name, weights=loaded.weights,
                     options=json.dumps(options, separators=(",", ":"))))
@@ -200,9 +219,10 @@ class SessionService:
 
     async def status(self, record: SessionRecord) -> SessionStatus:
         last = await self.store.results.last(record.session_id)
+        producer = self.hub.streams.get(record.session_id)  # a /stream socket, RTSP puller or WebRTC peer
         return SessionStatus(
             session_id=record.session_id, model=record.model, weights=record.weights,
-            state="streaming" if record.session_id in self.hub.streams else "idle",
+            state="streaming" if producer is not None and getattr(producer, "streaming", True) else "idle",
             created_at=record.created_at, expires_at=record.expires_at,
             frames_received=record.frames_received, frames_processed=record.frames_processed,
             frames_dropped=record.frames_dropped, backlog=await self.store.frames.backlog(record.session_id),
@@ -210,6 +230,7 @@ class SessionService:
             last_result=LastResult(seq=last.seq, pts=last.pts, frame_index=last.frame_index, labels=last.labels)
             if last else None,
             options=record.options,
+            source=producer.status() if hasattr(producer, "status") else None,
         )
 
     async def delete(self, session_id: str, reason: str = "deleted") -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -61,6 +61,15 @@ class Settings(BaseSettings):
     exact_preprocess: bool = Field(
         True, description="Resize with model.preprocess (as the model's evaluation does); false: swscale, faster."
     )
+
+    # Server-side sources: RTSP cameras, WebRTC peers.
+    rtsp_allow_private_addresses: bool = Field(
+        False, description="Let RTSP sources open private, loopback and link-local addresses (cameras on "
+        "the LAN, tests). Off by default: a client must not make the server reach its own network.")
+    webrtc_ice_servers: list[dict[str, Any]] = Field(
+        default_factory=list, description='STUN/TURN servers for WebRTC peers, as JSON: [{"urls": '
+        '"turn:turn.example.org:3478", "username": "u", "credential": "p"}]; given to clients too. '
+        "Empty: host candidates only (no outside STUN server).")
 
     # Inference.
     max_batch: int = Field(64, ge=1, description="Most sessions in one forward.")

@@ -75,6 +75,9 @@ async def create_session(body: SessionCreate, request: Request, service: Service
         frames_url=f"{base}/sessions/{record.session_id}/stream",
         labels_url=f"{base}/sessions/{record.session_id}/labels",
         expires_at=record.expires_at,
+        webrtc_url=f"{(service.settings.public_url or str(request.base_url)).rstrip('/')}"
+                   f"/sessions/{record.session_id}/webrtc",
+        ice_servers=service.settings.webrtc_ice_servers,
     )
 
 

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import api, ws
+from service import api, webrtc, ws
 from service.errors import ApiError
 from service.inference import InferenceLoop
 from service.logs import kv
@@ -154,6 +154,7 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
     app.include_router(api.sessions)
     app.include_router(api.models)
     app.include_router(ws.router)
+    app.include_router(webrtc.router)
 
     static = Path(str(resources.files("service") / "static"))
     if (static / "index.html").is_file():

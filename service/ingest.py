@@ -101,6 +101,10 @@ class StreamIngest:
             log.info(kv("stream_started", session_id=self.session_id, mode=kind))
         await self._append(prepared, received_at=prepared.decoded_at, kind=kind)
 
+    async def drop_frame(self, error: MediaError, frames: int = 1) -> None:
+        """A source that decodes by itself could not use a frame: report it, count ``frames`` dropped."""
+        await self._bad_input(error, frames)
+
     def set_next_pts(self, pts: float) -> None:
         self.next_pts = pts
 

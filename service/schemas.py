@@ -106,6 +106,9 @@ class SessionCreated(BaseModel):
     labels_url: str = Field(description="WebSocket URL of the labels-only stream (for dashboards).")
     frames_url: str = Field(description="WebSocket URL to send frames to (and get labels back).")
     expires_at: float = Field(description="Unix time when the session expires if idle (moves with activity).")
+    webrtc_url: str = Field(description="HTTP URL to POST a WebRTC SDP offer to (with the token).")
+    ice_servers: list[dict[str, Any]] = Field(
+        default_factory=list, description="STUN/TURN servers for the WebRTC peer (RTCPeerConnection `iceServers`).")
 
 
 class Label(BaseModel):

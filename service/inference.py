@@ -106,6 +106,7 @@ class InferenceLoop:
         self.store_ok = True
         self._next_claim = 0.0
         self._next_renew = 0.0
+        self._next_gauges = 0.0
         self._backoff = 0.0
         self.ticks = 0
         self.last_tick_at = time.monotonic()
@@ -193,6 +194,8 @@ class InferenceLoop:
             self._next_claim = now + self.claim_interval_s
             for lease in await work.claim(self.worker_id, self.max_sessions - len(self._runtimes), self.lease_ttl_ms):
                 await self._adopt(lease)
+        if now >= self._next_gauges:  # the autoscaling signals, fresh even on a full worker
+            self._next_gauges = now + 1.0
             self.metrics.unclaimed_sessions.set(await work.unclaimed())
         if now >= self._next_renew:
             self._next_renew = now + self.lease_ttl_ms / 4000.0

@@ -50,8 +50,6 @@ class Metrics:
         self.frame_latency_seconds = Histogram(
             "movinet_frame_latency_seconds", "Frame received → its label stored (server side).",
             buckets=LATENCY_BUCKETS, registry=registry)
-        self.frames_pending = Gauge("movinet_frames_pending", "Model frames waiting for inference.",
-                                    registry=registry)
         self.queue_lag_seconds = Gauge("movinet_queue_lag_seconds", "Age of the oldest frame in the last batch.",
                                        registry=registry)
         self.inference_errors = Counter("movinet_inference_errors_total", "Failed forwards.",

@@ -202,3 +202,43 @@ def test_redis_restart_without_persistence_is_reported_not_hung(pool: Pool):
     fresh = pool.create(gateway)
     after = results_of(asyncio.run(stream_frames(gateway, fresh, frames)))
     assert [r["seq"] for r in after] == list(range(1, 11))
+
+
+def test_sigterm_drains_a_worker_its_sessions_move_without_replay(pool: Pool):
+    """SIGTERM: the worker stops claiming, checkpoints and releases its sessions, and exits within
+    the drain bound; the next worker resumes from that checkpoint (nothing to replay)."""
+    gateway = pool.add("gateway", 1)[0]
+    workers = pool.add("worker", 2)
+    for proc in [gateway, *workers]:
+        proc.wait_ready()
+    frames = video_frames(FRAMES)
+    reference = results_of(asyncio.run(stream_frames(gateway, pool.create(gateway), frames)))
+    session = pool.create(gateway)
+    exits: list[float] = []
+
+    def drain_the_holder() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            taken = [e for e in pool.events("lease_taken") if e["session_id"] == session["session_id"]]
+            if taken:
+                holder = next(w for w in workers if f"-{w.process.pid}-" in taken[0]["worker"])
+                time.sleep(0.5)
+                started = time.monotonic()
+                process = holder.process
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
+                exits.append(time.monotonic() - started)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=drain_the_holder, daemon=True)
+    thread.start()
+    messages = asyncio.run(stream_frames(gateway, session, frames, timeout=120))
+    thread.join(40)
+    assert exits and exits[0] < 10.0, exits
+    assert_same_labels(results_of(messages), reference)
+    released = [e for e in pool.events("lease_released") if e["session_id"] == session["session_id"]]
+    assert released and released[0]["reason"] == "drain", released
+    resumed = [e for e in pool.events("lease_taken")
+               if e["session_id"] == session["session_id"] and int(e["token"]) > 1]
+    assert resumed and resumed[0]["replayed"] == "0" and resumed[0]["checkpoint_seq"] == released[0]["seq"], resumed

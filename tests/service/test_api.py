@@ -117,7 +117,7 @@ def test_health_ready_metrics_and_openapi(server):
                        ("movinet_frames_processed_total", "counter"), ("movinet_frames_dropped_total", "counter"),
                        ("movinet_inference_duration_seconds", "histogram"), ("movinet_batch_size", "histogram"),
                        ("movinet_queue_wait_seconds", "histogram"), ("movinet_frame_latency_seconds", "histogram"),
-                       ("movinet_queue_lag_seconds", "gauge"), ("movinet_frames_pending", "gauge")]:
+                       ("movinet_queue_lag_seconds", "gauge"), ("movinet_backlog_frames", "gauge"), ("movinet_unclaimed_sessions", "gauge")]:
         assert f"# TYPE {name} {kind}" in metrics.text, name
     schema = httpx.get(f"{server.http}/openapi.json").json()
     assert {"/sessions", "/sessions/{session_id}", "/models", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])

@@ -1,0 +1,252 @@
+"""The Redis worker pool: state bytes, Redis traffic per stream, sessions per worker, failover time.
+
+    python benchmarks/redis_pool.py                    # everything, default settings, bundled A0
+    python benchmarks/redis_pool.py --quick            # shorter runs
+    python benchmarks/redis_pool.py --only failover    # one part: state, traffic, capacity, failover
+
+It starts its own ``redis-server`` on a free port and ``movinet-service gateway`` / ``worker``
+processes (the commands the deployment runs) with the default pool settings unless told
+otherwise, streams the motion test video in real time at the model's 5 fps, and measures:
+
+* **state**: checkpoint bytes of one A0 session (the bundled 64 px model's windowed slot, and the
+  official 172 px A0 for comparison): float32, float16, and float32 + zlib;
+* **traffic**: Redis network bytes (``INFO stats``: in + out) per stream-second, with every
+  component of the pool reading and writing it (frames in, takes, commits, checkpoints, results
+  out to the client);
+* **capacity**: the most sessions one worker holds in real time (no drops, p99 under the target);
+* **failover**: SIGKILL the worker holding a streaming session; the time from the kill to the
+  client's next label (another worker resumes from the checkpoint and replays the log).
+
+Prints a line per measurement and a JSON summary (``--json PATH`` writes it too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.redis_server import RedisServer, free_port  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("service_load", ROOT / "benchmarks" / "service_load.py")
+service_load = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(service_load)
+
+
+def state_sizes() -> dict:
+    import torch
+
+    import model
+    from model.streaming import WindowedStream
+    from service import checkpoint
+
+    out = {}
+    for name, weights, size in (("bundled A0 64px", "motion", 64), ("official-size A0 172px", None, 172)):
+        net = model.create_model("movinet_a0_stream", weights=weights, num_classes=600 if weights is None else None)
+        net.eval()
+        stream = WindowedStream(net, window=10 if weights else 50)
+        slot = stream.new_slot()
+        with torch.inference_mode():
+            for _ in range(12):
+                stream.step([slot], torch.rand(1, 3, 1, size, size))
+        smoothed = np.zeros(len(net.labels or range(600)), np.float32)
+        full = checkpoint.encode(slot, None, smoothed)
+        half = checkpoint.encode(slot, None, smoothed, half=True)
+        packed = zlib.compress(full, 1)
+        out[name] = {"fp32_bytes": len(full), "fp16_bytes": len(half), "fp32_zlib1_bytes": len(packed)}
+        print(f"state {name}: fp32 {len(full) / 1e3:.1f} kB, fp16 {len(half) / 1e3:.1f} kB, "
+              f"fp32+zlib {len(packed) / 1e3:.1f} kB", flush=True)
+    return out
+
+
+class PoolProcs:
+    def __init__(self, redis: RedisServer, workdir: Path, env: dict[str, str]) -> None:
+        self.redis, self.workdir, self.env = redis, workdir, env
+        self.procs: list[tuple[str, int, subprocess.Popen]] = []
+
+    def start(self, role: str) -> tuple[str, int, subprocess.Popen]:
+        port = free_port()
+        log = open(self.workdir / f"{role}-{port}.log", "ab")  # noqa: SIM115
+        env = {**os.environ, "MOVINET_REDIS_URL": self.redis.url, **self.env}
+        process = subprocess.Popen([sys.executable, "-m", "service.cli", role, "--host", "127.0.0.1", "--port",
+                                    str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        entry = (role, port, process)
+        self.procs.append(entry)
+        return entry
+
+    @staticmethod
+    def wait_ready(port: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"port {port} not ready")
+
+    def stop(self) -> None:
+        for _, _, process in self.procs:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+def redis_bytes(redis: RedisServer) -> int:
+    import redis as redis_py
+
+    info = redis_py.Redis.from_url(redis.url).info("stats")
+    return int(info["total_net_input_bytes"]) + int(info["total_net_output_bytes"])
+
+
+def traffic(pool: PoolProcs, gateway: str, frames: list[bytes], sessions: int, duration: float) -> dict:
+    before, started = redis_bytes(pool.redis), time.monotonic()
+    level = asyncio.run(service_load.run_level(gateway, sessions, {}, frames, 5.0, duration, 0.0, None))
+    elapsed = time.monotonic() - started
+    spent = redis_bytes(pool.redis) - before
+    per_stream = spent / elapsed / sessions
+    print(f"traffic: {sessions} streams x {duration:.0f} s: {per_stream / 1e3:.1f} kB/s of Redis traffic per "
+          f"5-fps stream (labelled {level['labelled']}/{level['sent']}, dropped {level['dropped']})", flush=True)
+    return {"sessions": sessions, "seconds": round(elapsed, 1), "redis_bytes": spent,
+            "bytes_per_stream_second": round(per_stream), "labelled": level["labelled"], "sent": level["sent"],
+            "dropped": level["dropped"]}
+
+
+def worker_holding(workers: list[tuple[str, int, subprocess.Popen]]) -> tuple[str, int, subprocess.Popen] | None:
+    for entry in workers:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{entry[1]}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("movinet_worker_sessions ") and float(line.split()[1]) > 0:
+                return entry
+    return None
+
+
+async def _failover_once(pool: PoolProcs, gateway: str, workers: list, frames: list[bytes]) -> float:
+    from websockets.asyncio.client import connect
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        session = (await http.post(f"{gateway}/sessions", json={})).json()
+    arrivals: list[float] = []
+    async with connect(f"{session['frames_url']}?token={session['token']}", max_size=None) as ws:
+        await ws.recv()
+
+        async def receive() -> None:
+            async for raw in ws:
+                if json.loads(raw)["type"] == "result":
+                    arrivals.append(time.monotonic())
+
+        receiver = asyncio.create_task(receive())
+        started, killed_at, k = time.monotonic(), None, 0
+        while k < 60:
+            await asyncio.sleep(max(0.0, started + k / 5.0 - time.monotonic()))
+            await ws.send(json.dumps({"type": "frame", "pts": k / 5.0}))
+            await ws.send(frames[k % len(frames)])
+            k += 1
+            if k == 20:  # 4 s in: kill whoever holds it
+                victim = await asyncio.to_thread(worker_holding, workers)
+                victim[2].send_signal(signal.SIGKILL)
+                killed_at = time.monotonic()
+                victim[2].wait(10)
+                workers.remove(victim)
+        await asyncio.sleep(3)
+        receiver.cancel()
+    after = [t for t in arrivals if t > killed_at]
+    return (after[0] - killed_at) if after else float("inf")
+
+
+def failover(pool: PoolProcs, gateway: str, frames: list[bytes], repeats: int) -> dict:
+    workers = [p for p in pool.procs if p[0] == "worker" and p[2].poll() is None]
+    times = []
+    for _ in range(repeats):
+        while len(workers) < 2:
+            workers.append(pool.start("worker"))
+        for entry in workers:
+            pool.wait_ready(entry[1])
+        seconds = asyncio.run(_failover_once(pool, gateway, workers, frames))
+        times.append(seconds)
+        print(f"failover: kill -> next label {seconds:.2f} s", flush=True)
+    return {"repeats": repeats, "seconds": [round(t, 3) for t in times], "median_s": round(float(np.median(times)), 3),
+            "max_s": round(max(times), 3)}
+
+
+def capacity(gateway: str, frames: list[bytes], levels: list[int], duration: float, target_ms: float) -> dict:
+    rows = []
+    for sessions in levels:
+        level = asyncio.run(service_load.run_level(gateway, sessions, {}, frames, 5.0, duration, 3.0, None))
+        held = level["dropped"] == 0 and level["labelled"] >= level["sent"] and (level["p99_ms"] or 1e9) < target_ms
+        level["held"] = held
+        rows.append({k: v for k, v in level.items() if k not in ("mean_batch", "forward_ms", "forward_busy")})
+        print(f"capacity: {sessions} sessions on 1 worker: p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms, "
+              f"dropped {level['dropped']}, {'held' if held else 'NOT held'}", flush=True)
+        if not held:
+            break
+    best = max([r["sessions"] for r in rows if r["held"]], default=0)
+    return {"levels": rows, "most_sessions_held": best}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=("state", "traffic", "capacity", "failover"), action="append")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test of the script)")
+    parser.add_argument("--levels", type=int, nargs="+", default=[2, 4, 8, 12, 16])
+    parser.add_argument("--target-p99-ms", type=float, default=300.0)
+    parser.add_argument("--torch-threads", type=int, default=0, help="worker torch threads (0 = torch default)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    parts = set(args.only or ("state", "traffic", "capacity", "failover"))
+    summary: dict = {"settings": "defaults: lease 2000 ms, checkpoint every 25 frames, fp32 checkpoints"}
+    if "state" in parts:
+        summary["state"] = state_sizes()
+    if parts - {"state"}:
+        frames = service_load.load_frames(service_load.DEFAULT_VIDEO, 5.0)
+        with tempfile.TemporaryDirectory() as tmp:
+            redis = RedisServer(Path(tmp) / "redis").start()
+            env = {"MOVINET_LOG_LEVEL": "warning"}
+            if args.torch_threads:
+                env["MOVINET_TORCH_THREADS"] = str(args.torch_threads)
+            pool = PoolProcs(redis, Path(tmp), env)
+            try:
+                _, gateway_port, _ = pool.start("gateway")
+                first = pool.start("worker")
+                for port in (gateway_port, first[1]):
+                    pool.wait_ready(port)
+                gateway = f"http://127.0.0.1:{gateway_port}"
+                duration = 8.0 if args.quick else 30.0
+                if "traffic" in parts:
+                    summary["traffic"] = [traffic(pool, gateway, frames, n, duration) for n in (1, 4)]
+                if "capacity" in parts:
+                    levels = args.levels[:2] if args.quick else args.levels
+                    summary["capacity"] = capacity(gateway, frames, levels, 10.0 if args.quick else 20.0,
+                                                   args.target_p99_ms)
+                if "failover" in parts:
+                    summary["failover"] = failover(pool, gateway, frames, 2 if args.quick else 5)
+            finally:
+                pool.stop()
+                redis.kill()
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -64,9 +64,10 @@ def ice_servers(settings_value: list[dict[str, Any]]) -> list[RTCIceServer]:
 class _ChannelConnection:
     """A data channel dressed as a ``ws.Connection`` for :class:`ResultPump`."""
 
-    def __init__(self, channel: Any, session_id: str):
+    def __init__(self, channel: Any, peer: WebRtcPeer):
         self.channel = channel
-        self.session_id = session_id
+        self.peer = peer
+        self.session_id = peer.session_id
         self.closed = asyncio.Event()
         self.skipped = 0
 
@@ -79,6 +80,10 @@ class _ChannelConnection:
             return True
         self.channel.send(json.dumps(message, separators=(",", ":")))
         return True
+
+    async def close(self, code: int, reason: str = "", message: dict[str, Any] | None = None) -> None:
+        """The pump gives up on the session (it is gone from the store): the peer goes too."""
+        await self.peer.close(code, reason, message)
 
 
 class WebRtcPeer:
@@ -152,7 +157,7 @@ class WebRtcPeer:
         def on_datachannel(channel: Any) -> None:
             if channel.label != "labels" or self.channel is not None:
                 return
-            self.channel = _ChannelConnection(channel, self.session_id)
+            self.channel = _ChannelConnection(channel, self)
             self._tasks.append(asyncio.create_task(self._pump(self.channel), name=f"webrtc-labels-{self.session_id}"))
 
         @pc.on("connectionstatechange")

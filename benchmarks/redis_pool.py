@@ -128,16 +128,14 @@ def traffic(pool: PoolProcs, gateway: str, frames: list[bytes], sessions: int, d
             "dropped": level["dropped"]}
 
 
-def worker_holding(workers: list[tuple[str, int, subprocess.Popen]]) -> tuple[str, int, subprocess.Popen] | None:
-    for entry in workers:
-        try:
-            text = httpx.get(f"http://127.0.0.1:{entry[1]}/metrics", timeout=2).text
-        except httpx.HTTPError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("movinet_worker_sessions ") and float(line.split()[1]) > 0:
-                return entry
-    return None
+def worker_holding(redis: RedisServer, session_id: str, workers: list) -> tuple[str, int, subprocess.Popen]:
+    """The worker process whose id (host-pid-random) holds the session's lease."""
+    import redis as redis_py
+
+    from service.store import keys
+
+    holder = redis_py.Redis.from_url(redis.url).get(keys.lease(session_id)).decode().split()[0]
+    return next(entry for entry in workers if f"-{entry[2].pid}-" in holder)
 
 
 async def _failover_once(pool: PoolProcs, gateway: str, workers: list, frames: list[bytes]) -> float:
@@ -162,13 +160,16 @@ async def _failover_once(pool: PoolProcs, gateway: str, workers: list, frames: l
             await ws.send(frames[k % len(frames)])
             k += 1
             if k == 20:  # 4 s in: kill whoever holds it
-                victim = await asyncio.to_thread(worker_holding, workers)
+                victim = await asyncio.to_thread(worker_holding, pool.redis, session["session_id"], workers)
                 victim[2].send_signal(signal.SIGKILL)
                 killed_at = time.monotonic()
                 victim[2].wait(10)
                 workers.remove(victim)
         await asyncio.sleep(3)
         receiver.cancel()
+    async with httpx.AsyncClient(timeout=30) as http:
+        await http.delete(f"{gateway}/sessions/{session['session_id']}",
+                          headers={"Authorization": f"Bearer {session['token']}"})
     after = [t for t in arrivals if t > killed_at]
     return (after[0] - killed_at) if after else float("inf")
 

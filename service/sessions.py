@@ -23,9 +23,13 @@ from service.metrics import Metrics
 from service.registry import LoadedModel, ModelRegistry
 from service.schemas import LastResult, SessionCreate, SessionStatus
 from service.settings import Settings
-from service.store import SessionRecord, Store
+from service.store import STORE_ERRORS, SessionRecord, Store
 
 log = logging.getLogger("service.sessions")
+
+# A producer slot lives this long unless its gateway renews it (every third of it): after a
+# gateway dies, its sessions accept a new producer on another gateway within this time.
+PRODUCER_TTL_MS = 3000
 
 
 def hash_token(token: str) -> str:
@@ -99,6 +103,8 @@ class SessionService:
         self.inference = inference
         self.metrics = metrics
         self.hub = ConnectionHub()
+        self.gateway_id = secrets.token_hex(6)
+        self._producers: dict[tuple[str, int], asyncio.Task] = {}
         self.draining = False
         self._reaper: asyncio.Task | None = None
 
@@ -108,6 +114,8 @@ class SessionService:
         self._reaper = asyncio.create_task(self._reap_forever(), name="session-reaper")
 
     async def stop(self) -> None:
+        for task in self._producers.values():
+            task.cancel()
         if self._reaper is not None:
             self._reaper.cancel()
             try:
@@ -247,6 +255,43 @@ class SessionService:
             self.metrics.sessions_active.set(await self.store.sessions.count())
             log.info(kv("session_closed", session_id=session_id, reason=reason))
         return existed
+
+    # --- the one producer of a session, across gateway replicas --------------------------------
+
+    async def attach_producer(self, session_id: str, connection: Closable) -> bool:
+        """Make ``connection`` the session's frame producer, here and in the store (so that a
+        second producer on another gateway is refused too); False if another one is attached."""
+        if not self.hub.attach_stream(session_id, connection):
+            return False
+        owner = f"{self.gateway_id}:{id(connection):x}"
+        try:
+            claimed = await self.store.sessions.claim_producer(session_id, owner, PRODUCER_TTL_MS)
+        except STORE_ERRORS:
+            claimed = True  # the store is away: this gateway's rule only, until it is back
+        if not claimed:
+            self.hub.detach_stream(session_id, connection)
+            return False
+        self._producers[(session_id, id(connection))] = asyncio.create_task(
+            self._keep_producer(session_id, owner), name=f"producer-{session_id}")
+        return True
+
+    async def detach_producer(self, session_id: str, connection: Closable) -> None:
+        self.hub.detach_stream(session_id, connection)
+        task = self._producers.pop((session_id, id(connection)), None)
+        if task is not None:
+            task.cancel()
+        try:
+            await self.store.sessions.release_producer(session_id, f"{self.gateway_id}:{id(connection):x}")
+        except STORE_ERRORS:
+            pass  # it expires by itself
+
+    async def _keep_producer(self, session_id: str, owner: str) -> None:
+        while True:
+            await asyncio.sleep(PRODUCER_TTL_MS / 3000.0)
+            try:
+                await self.store.sessions.claim_producer(session_id, owner, PRODUCER_TTL_MS)
+            except STORE_ERRORS:
+                pass
 
     async def touch(self, session_id: str) -> None:
         await self.store.sessions.touch(session_id, time.time())

@@ -190,7 +190,7 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
         return
     await websocket.accept()
     connection = Connection(websocket, session_id, "stream")
-    if not service.hub.attach_stream(session_id, connection):
+    if not await service.attach_producer(session_id, connection):
         await connection.close(CloseCode.CONFLICT, "another client streams into this session",
                                {"type": "error", "code": "stream_in_use",
                                 "message": "another client already streams frames into this session"})
@@ -247,7 +247,7 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
         await ingest.close()
         connection.closed.set()
         pump_task.cancel()
-        service.hub.detach_stream(session_id, connection)
+        await service.detach_producer(session_id, connection)
         metrics.connections.labels("stream").dec()
         await _touch(service, session_id)
         log.info(kv("stream_disconnected", session_id=session_id, code=int(close_code), last_seq=pump.sent_seq))

@@ -34,5 +34,9 @@ EXPIRY = f"{PREFIX}:expiry"  # zset: session_id scored by its idle deadline (uni
 READY = f"{PREFIX}:ready"  # zset: sessions that may need a worker, scored by when to look (unix ms)
 
 
+def producer(session_id: str) -> str:
+    return f"{PREFIX}:{{{session_id}}}:producer"  # string with TTL: the socket that sends the frames
+
+
 def ingest(session_id: str) -> str:
     return f"{PREFIX}:{{{session_id}}}:ingest"  # string with TTL: the gateway pulling the session's source

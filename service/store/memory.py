@@ -18,6 +18,7 @@ from service.store import Appended, DropPolicy, Frame, Lease, Result, SessionRec
 class MemorySessionStore:
     def __init__(self) -> None:
         self._records: OrderedDict[str, SessionRecord] = OrderedDict()  # creation order
+        self._producers: dict[str, tuple[str, float]] = {}  # session -> (owner, expires, monotonic s)
 
     async def create(self, record: SessionRecord) -> None:
         if record.session_id in self._records:
@@ -47,6 +48,7 @@ class MemorySessionStore:
         return len(self._records)
 
     async def delete(self, session_id: str) -> bool:
+        self._producers.pop(session_id, None)
         return self._records.pop(session_id, None) is not None
 
     async def touch(self, session_id: str, now: float) -> None:
@@ -70,6 +72,18 @@ class MemorySessionStore:
 
     async def expired(self, now: float) -> list[str]:
         return [r.session_id for r in self._records.values() if r.expires_at <= now]
+
+    async def claim_producer(self, session_id: str, owner: str, ttl_ms: int) -> bool:
+        held = self._producers.get(session_id)
+        now = time.monotonic()
+        if held is not None and held[0] != owner and held[1] > now:
+            return False
+        self._producers[session_id] = (owner, now + ttl_ms / 1000.0)
+        return True
+
+    async def release_producer(self, session_id: str, owner: str) -> None:
+        if self._producers.get(session_id, (None,))[0] == owner:
+            del self._producers[session_id]
 
 
 @dataclass

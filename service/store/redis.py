@@ -45,7 +45,7 @@ KEY_GRACE_S = 120.0  # session keys outlive the idle timeout by this much (if ev
 
 def _session_keys(session_id: str) -> list[str]:
     return [keys.session(session_id), keys.frames(session_id), keys.results(session_id),
-            keys.checkpoint(session_id), keys.lease(session_id)]
+            keys.checkpoint(session_id), keys.lease(session_id), keys.producer(session_id)]
 
 
 def _encode(name: str, value: Any) -> str:
@@ -233,6 +233,20 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return appended
 """
 
+# KEYS: producer. ARGV: owner, ttl_ms. Take or renew the slot; 0 when another owner holds it.
+_PRODUCER = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: producer. ARGV: owner.
+_UNPRODUCE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
 # KEYS: lease. ARGV: owner, ttl_ms.
 _RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -252,7 +266,8 @@ return #pending(KEYS[1], KEYS[4], 1)
 
 class _Scripts:
     def __init__(self, client: aioredis.Redis) -> None:
-        for name in ("CREATE", "ADD", "SET", "TOUCH", "APPEND", "BACKLOG", "CLAIM", "TAKE", "COMMIT", "RENEW", "RELEASE"):
+        for name in ("CREATE", "ADD", "SET", "TOUCH", "APPEND", "BACKLOG", "CLAIM", "TAKE", "COMMIT", "RENEW", "RELEASE",
+                     "PRODUCER", "UNPRODUCE"):
             setattr(self, name.lower(), client.register_script(globals()[f"_{name}"]))
 
 
@@ -349,6 +364,12 @@ class RedisSessionStore:
     async def expired(self, now: float) -> list[str]:
         members = await self._r.zrangebyscore(keys.EXPIRY, "-inf", now)
         return [m.decode() for m in members]
+
+    async def claim_producer(self, session_id: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self._s.producer(keys=[keys.producer(session_id)], args=[owner, ttl_ms]))
+
+    async def release_producer(self, session_id: str, owner: str) -> None:
+        await self._s.unproduce(keys=[keys.producer(session_id)], args=[owner])
 
 
 class RedisFrameLog:

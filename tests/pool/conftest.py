@@ -163,9 +163,7 @@ async def stream_frames(gateway: Proc, session: dict[str, Any], frames: list[tup
                         in_flight: int = 12, timeout: float = 120.0) -> list[dict[str, Any]]:
     """Send the frames (at most ``in_flight`` ahead of the results), end the stream, return every message."""
     messages: list[dict[str, Any]] = []
-    async with websockets.connect(ws_url(gateway, session), max_size=None) as ws:
-        hello = json.loads(await ws.recv())
-        assert hello["type"] == "session", hello
+    async with await connect_producer(gateway, session) as ws:
         results = 0
         done = asyncio.Event()
 
@@ -188,6 +186,22 @@ async def stream_frames(gateway: Proc, session: dict[str, Any], frames: list[tup
         await asyncio.wait_for(done.wait(), timeout)
         task.cancel()
     return messages
+
+
+async def connect_producer(gateway: Proc, session: dict[str, Any], patience: float = 10.0) -> Any:
+    """Open the session's frames socket, retrying while another producer's slot has not freed
+    (close 4409: e.g. the previous gateway died holding it; it frees within 3 s). The returned
+    socket has had its ``session`` greeting read."""
+    deadline = time.monotonic() + patience
+    while True:
+        ws = await websockets.connect(ws_url(gateway, session), max_size=None)
+        hello = json.loads(await ws.recv())
+        if hello["type"] == "session":
+            return ws
+        await ws.close()
+        if hello.get("code") != "stream_in_use" or time.monotonic() > deadline:
+            raise AssertionError(f"refused: {hello}")
+        await asyncio.sleep(0.2)
 
 
 def results_of(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import signal
@@ -154,6 +155,31 @@ def test_labels_resume_on_another_gateway_after_a_gateway_dies(pool: Pool):
 
     asyncio.run(both())
     assert seen == list(range(1, FRAMES + 1))
+
+
+def test_one_producer_per_session_across_gateways(pool: Pool):
+    gateways = pool.add("gateway", 2)
+    for proc in gateways:
+        proc.wait_ready()
+    session = pool.create(gateways[0])
+
+    async def scenario() -> tuple[dict, int]:
+        async with websockets.connect(ws_url(gateways[0], session)) as first:
+            assert json.loads(await first.recv())["type"] == "session"
+            async with websockets.connect(ws_url(gateways[1], session)) as second:
+                refused = json.loads(await second.recv())
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await second.recv()
+                return refused, second.close_code
+
+    refused, code = asyncio.run(scenario())
+    assert (refused["code"], code) == ("stream_in_use", 4409)
+
+    async def after_the_first_left() -> str:  # released on disconnect: the other gateway takes it at once
+        async with websockets.connect(ws_url(gateways[1], session)) as ws:
+            return json.loads(await ws.recv())["type"]
+
+    assert asyncio.run(after_the_first_left()) == "session"
 
 
 def test_redis_restart_without_persistence_is_reported_not_hung(pool: Pool):

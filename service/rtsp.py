@@ -9,9 +9,9 @@ camera is reopened with exponential backoff; each (re)connection is a new input 
 continues the session's frame grid.
 
 Starting and stopping the pull is one call each (:meth:`RtspPuller.start`, :meth:`RtspPuller.stop`),
-owned by the session service through its :class:`ConnectionHub` (the puller is the session's one
-frame producer, like a ``/stream`` socket), so that with several gateways an ingest lease can wrap
-exactly these two calls.
+owned by the session service, which makes the puller the session's one frame producer (like a
+``/stream`` socket: ``attach_producer``, a slot in the store that other gateways respect), so
+that with several gateways an ingest lease can wrap exactly these two calls.
 
 Security: only ``rtsp://`` and ``rtsps://``; FFmpeg gets a protocol whitelist (no ``file:``, no
 HTTP, no other protocol reachable through the URL or a redirect) and the forced ``rtsp`` demuxer;
@@ -249,7 +249,7 @@ class RtspPuller:
         await self.ingest.close()
         self.state = "stopped"
         self.service.metrics.sources_active.labels("rtsp").dec()
-        self.service.hub.detach_stream(self.session_id, self)
+        await self.service.detach_producer(self.session_id, self)
         log.info(kv("rtsp_stopped", session_id=self.session_id, reconnects=self.reconnects,
                     frames_decoded=self.frames_decoded))
 
@@ -422,7 +422,7 @@ async def start_puller(service: SessionService, record: SessionRecord, model: Lo
 
     ingest = StreamIngest(record, model, service.settings, service.store, service.metrics, None, report)
     puller = RtspPuller(service, record, model, ingest, target)
-    if not service.hub.attach_stream(record.session_id, puller):
+    if not await service.attach_producer(record.session_id, puller):  # the producer slot, across gateways
         raise ApiError(409, "stream_in_use", "the session already has a frame producer")
     puller.start()
     return puller

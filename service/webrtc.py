@@ -134,7 +134,7 @@ class WebRtcPeer:
             await self.pc.close()
         except Exception:  # closing a half-negotiated peer must not fail a DELETE
             log.exception(kv("webrtc_close_failed", session_id=self.session_id))
-        self.service.hub.detach_stream(self.session_id, self)
+        await self.service.detach_producer(self.session_id, self)
         self.service.metrics.sources_active.labels("webrtc").dec()
         await self.service.touch(self.session_id)
         log.info(kv("webrtc_closed", session_id=self.session_id, reason=reason or None,
@@ -277,7 +277,7 @@ async def offer(session_id: str, body: RtcOffer, request: Request, service: Serv
     loaded = service.registry.get_loaded(f"{record.model}:{record.weights}") or await service.registry.load(
         record.model, record.weights)
     peer = WebRtcPeer(service, record, loaded, request.app.state.image_pool)
-    if not service.hub.attach_stream(session_id, peer):
+    if not await service.attach_producer(session_id, peer):  # here and, with Redis, on every gateway
         await peer.pc.close()
         raise ApiError(409, "stream_in_use", "another client already streams frames into this session")
     service.metrics.sources_active.labels("webrtc").inc()

@@ -17,10 +17,12 @@ def test_create_session_returns_what_a_client_needs(server):
     assert response.status_code == 201, response.text
     body = response.json()
     assert set(body) == {"session_id", "token", "model", "weights", "frame_rate", "input_size", "labels_url",
-                         "frames_url", "expires_at"}
+                         "frames_url", "webrtc_url", "ice_servers", "expires_at"}
     assert (body["model"], body["weights"], body["frame_rate"], body["input_size"]) == (TEST_MODEL, TEST_WEIGHTS, 5.0, 64)
     assert body["frames_url"] == f"{server.ws}/sessions/{body['session_id']}/stream"
     assert body["labels_url"] == f"{server.ws}/sessions/{body['session_id']}/labels"
+    assert body["webrtc_url"] == f"{server.http}/sessions/{body['session_id']}/webrtc"
+    assert body["ice_servers"] == []  # no outside STUN server by default
     assert body["expires_at"] == pytest.approx(time.time() + 60, abs=5)
 
 

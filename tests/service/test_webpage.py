@@ -125,7 +125,7 @@ def check_labels(seen: dict, what: str) -> None:
           f"lag median {lags[len(lags) // 2]:.0f} ms, max {lags[-1]:.0f} ms")
     assert {"pan left", "zoom in"} <= names, names
     assert scored >= 20 and accuracy >= MIN_CORRECT, labelled
-    assert seen["overlay"] and seen["overlay"].split("\n")[0] in truth["classes"] + ["no labels"]
+    assert seen["overlay"] in truth["classes"]  # the video shows the current top label
     assert "lag" in seen["facts"] and " ms" in seen["facts"]
 
 

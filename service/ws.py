@@ -118,6 +118,13 @@ class ResultPump:
         self._progress = asyncio.Condition()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:  # wake an `eos` waiting for results: the socket is gone or the pump ended
+            async with self._progress:
+                self._progress.notify_all()
+
+    async def _run(self) -> None:
         store = self.service.store
         session_id = self.connection.session_id
         backoff, reported, last_check = 0.0, False, time.monotonic()

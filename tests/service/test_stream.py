@@ -204,3 +204,27 @@ def test_the_browser_page_is_served(server):
     response = httpx.get(server.http + "/")
     assert response.status_code == 200 and "text/html" in response.headers["content-type"]
     assert "/sessions" in response.text
+
+
+def test_a_client_that_closes_right_after_eos_frees_the_session_at_once(plumbing_weights):
+    """The server stops waiting to flush results when the socket is gone: a new producer can
+    attach straight away (before, the handler sat on the producer slot for a minute)."""
+    from tests.service.conftest import run_server
+
+    with run_server(batch_wait_ms=250, max_backlog=64) as slow:  # results lag: eos has to wait
+        _closes_right_after_eos(slow)
+
+
+def _closes_right_after_eos(server) -> None:
+    session = server.create()
+
+    async def run() -> str:
+        async with connect(stream_url(server, session)) as ws:
+            await ws.recv()
+            await send_images(ws, moving_frames(40, seed=21), [i / 5 for i in range(40)])  # results still due
+            await ws.send(json.dumps({"type": "eos"}))
+        await asyncio.sleep(0.5)
+        async with connect(stream_url(server, session)) as again:
+            return json.loads(await asyncio.wait_for(again.recv(), 5))["type"]
+
+    assert asyncio.run(run()) == "session"

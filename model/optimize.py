@@ -9,6 +9,7 @@ in ``torch.compile``. ``benchmarks/model_speed.py`` measures which of these wins
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -52,3 +53,25 @@ def optimize_for_inference(net: MoViNet, *, fuse_bn: bool = True, channels_last:
     if compile:
         out.forward = torch.compile(out.forward, dynamic=False)
     return out
+
+
+def trace_frame_step(net: MoViNet, height: int, width: int) -> torch.jit.ScriptModule:
+    """A TorchScript trace of a stream model's one-frame call ``(video [B,3,1,H,W], state) ->
+    (logits, state)`` for any batch size ``B`` at this frame size.
+
+    Outputs equal the eager call (``tests/model/test_streaming.py``). What it buys is not speed
+    alone: the traced graph runs in C++ without holding Python's GIL, so a server's event loop
+    and decoder threads keep running while a forward is under way.
+    """
+    if not net.causal:
+        raise ValueError("trace_frame_step needs a stream (causal) model")
+    net = net.eval()
+    with torch.inference_mode():
+        state = net.init_state(2, height, width)
+        _, state = net(torch.zeros(2, 3, 1, height, width), state)  # non-zero frame counts
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        video = torch.rand(2, 3, 1, height, width)
+        state = {k: v.clone() for k, v in state.items()}
+        traced = torch.jit.trace(net, (video, state), strict=False, check_trace=False)
+    return traced

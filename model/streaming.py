@@ -18,6 +18,7 @@ slot into one batch.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -68,13 +69,16 @@ class Slot:
 class WindowedStream:
     """Step many windowed sessions through one stream model, one frame each per call."""
 
-    def __init__(self, net: MoViNet, window: int | None = None) -> None:
+    def __init__(self, net: MoViNet, window: int | None = None, forward: Callable | None = None) -> None:
+        """``forward``: what runs the one-frame calls instead of ``net`` (e.g. the trace from
+        :func:`model.optimize.trace_frame_step`); same inputs and outputs."""
         if not net.causal:
             raise ValueError("WindowedStream needs a stream (causal) model")
         window = window or (net.info.clip_frames if net.info else 50)
         if window < 2:
             raise ValueError(f"window must be at least 2 frames, got {window}")
         self.net = net
+        self.forward = forward or net
         self.window = window
 
     def new_slot(self) -> Slot:
@@ -105,7 +109,7 @@ class WindowedStream:
                 rows.append((index, row))
                 states.append(slot.states[row])
         video = frames[[index for index, _ in rows]]  # (R, 3, 1, H, W)
-        logits, new_state = self.net(video, stack_states(states))
+        logits, new_state = self.forward(video, stack_states(states))
         for (index, row), state in zip(rows, split_states(new_state)):
             slots[index].states[row] = state
             slots[index].counts[row] += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -73,8 +74,7 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
     async def lifespan(app: FastAPI):
         import torch
 
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(settings.torch_threads or max(1, (os.cpu_count() or 2) - 1))
         state = app.state
         state.settings = settings
         state.loop = asyncio.get_running_loop()
@@ -85,7 +85,8 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
         state.store = store = create_store(settings.redis_url, settings.results_cap,
                                            **({"socket_timeout": settings.redis_socket_timeout_s}
                                               if settings.redis_url else {}))
-        state.registry = registry = ModelRegistry(settings.model, settings.weights, settings.allow_random_weights)
+        state.registry = registry = ModelRegistry(settings.model, settings.weights, settings.allow_random_weights,
+                                                 trace=settings.trace_inference)
         state.inference = inference = None
         if role in ("serve", "worker"):
             state.inference = inference = InferenceLoop(

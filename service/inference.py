@@ -397,7 +397,7 @@ def _forward(items: list[_Item]) -> None:
                 if item.runtime.state is None:
                     item.runtime.state = loaded.net.init_state(1, size, size)
                 states.append(item.runtime.state)
-            logits, state = loaded.net(video, movinet.stack_states(states))  # (N, classes)
+            logits, state = loaded.step(video, movinet.stack_states(states))  # (N, classes)
             for item, new_state in zip(items, movinet.split_states(state), strict=True):
                 item.runtime.state = new_state
         else:

@@ -29,6 +29,7 @@ class LoadedModel:
     frame_rate: float
     clip_frames: int
     labels: list[str]
+    step: Any = None  # runs one-frame calls: the TorchScript trace of ``net`` (or ``net`` itself)
     _windows: dict[int, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -43,15 +44,17 @@ class LoadedModel:
             if stream is None:
                 from model.streaming import WindowedStream
 
-                stream = self._windows[window] = WindowedStream(self.net, window=window)
+                stream = self._windows[window] = WindowedStream(self.net, window=window, forward=self.step)
             return stream
 
 
 class ModelRegistry:
-    def __init__(self, default_model: str, default_weights: str | None, allow_random_weights: bool):
+    def __init__(self, default_model: str, default_weights: str | None, allow_random_weights: bool,
+                 trace: bool = True):
         self.default_model = default_model
         self.default_weights = default_weights
         self.allow_random_weights = allow_random_weights
+        self.trace = trace
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -118,7 +121,7 @@ class ModelRegistry:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             if key not in self._loaded:
-                self._loaded[key] = await asyncio.to_thread(_build, name, weights)
+                self._loaded[key] = await asyncio.to_thread(_build, name, weights, self.trace)
         return self._loaded[key]
 
     @property
@@ -126,7 +129,7 @@ class ModelRegistry:
         return list(self._loaded.values())
 
 
-def _build(name: str, weights: str) -> LoadedModel:
+def _build(name: str, weights: str, trace: bool = True) -> LoadedModel:
     import time
 
     import torch
@@ -147,11 +150,17 @@ def _build(name: str, weights: str) -> LoadedModel:
         short_side=int(getattr(info, "eval_min_size", 0) or info.input_size),
         frame_rate=float(info.frame_rate), clip_frames=int(info.clip_frames), labels=list(net.labels),
     )
+    size = loaded.input_size
+    loaded.step = net
+    if trace:  # one-frame calls in TorchScript: no GIL held during a forward (docs/benchmarks.md)
+        from model.optimize import trace_frame_step
+
+        loaded.step = trace_frame_step(net, size, size)
     with torch.inference_mode():  # warm up: first calls allocate and pick kernels
-        size = loaded.input_size
-        state = net.init_state(2, size, size)
-        for _ in range(2):
-            _, state = net(torch.zeros(2, 3, 1, size, size), state)
+        for batch in (1, 2, 4):
+            state = net.init_state(batch, size, size)
+            for _ in range(3):
+                _, state = loaded.step(torch.zeros(batch, 3, 1, size, size), state)
     log.info(kv("model_loaded", model=name, weights=weights, input_size=loaded.input_size,
                 frame_rate=loaded.frame_rate, clip_frames=loaded.clip_frames,
                 seconds=time.perf_counter() - started))

@@ -34,7 +34,12 @@ class Settings(BaseSettings):
         False, description="Serve models that have no trained weights (random init). For tests and demos."
     )
     preload: bool = Field(True, description="Load and warm the default model before /readyz turns ready.")
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads for inference; 0 = torch's default.")
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads for inference; 0 = auto: one less than the CPU cores "
+        "(at least 1), leaving a core to decoding and the event loop.")
+    trace_inference: bool = Field(
+        True, description="Run one-frame forwards as a TorchScript trace (same outputs; no GIL held while "
+        "it runs, so decoding and the sockets go on meanwhile).")
 
     # Access.
     api_keys: Annotated[list[str], NoDecode] = Field(

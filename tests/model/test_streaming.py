@@ -36,3 +36,22 @@ def test_answer_depends_only_on_the_recent_window():
             fresh, _ = net(video[start : t + 1].permute(1, 2, 0, 3, 4).reshape(1, 3, t + 1 - start, 32, 32))
         assert torch.allclose(outputs[t], fresh[0], atol=1e-5), (t, start)
         assert t + 1 - start <= window
+
+
+def test_traced_frame_step_equals_the_eager_model_at_any_batch_size():
+    from model.optimize import optimize_for_inference, trace_frame_step
+
+    net = optimize_for_inference(randomized("movinet_test_stream", use_positional_encoding=True).eval())
+    traced = trace_frame_step(net, 32, 32)
+    eager_stream, traced_stream = WindowedStream(net, window=6), WindowedStream(net, window=6, forward=traced)
+    for sessions in (1, 3, 5):  # traced at batch 2; windowed slots make batches of 1..2x sessions
+        frames = torch.rand(9, sessions, 3, 1, 32, 32)
+        eager_slots = [eager_stream.new_slot() for _ in range(sessions)]
+        traced_slots = [traced_stream.new_slot() for _ in range(sessions)]
+        for t in range(9):
+            want = eager_stream.step(eager_slots, frames[t])
+            got = traced_stream.step(traced_slots, frames[t])
+            assert torch.allclose(got, want, atol=1e-5), (sessions, t)
+        for a, b in zip(eager_slots, traced_slots, strict=True):
+            for key, value in a.states[0].items():
+                assert torch.allclose(b.states[0][key].float(), value.float(), atol=1e-5), key

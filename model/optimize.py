@@ -66,12 +66,13 @@ def trace_frame_step(net: MoViNet, height: int, width: int) -> torch.jit.ScriptM
     if not net.causal:
         raise ValueError("trace_frame_step needs a stream (causal) model")
     net = net.eval()
+    device = next(net.parameters()).device
     with torch.inference_mode():
         state = net.init_state(2, height, width)
-        _, state = net(torch.zeros(2, 3, 1, height, width), state)  # non-zero frame counts
+        _, state = net(torch.zeros(2, 3, 1, height, width, device=device), state)  # non-zero frame counts
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        video = torch.rand(2, 3, 1, height, width)
+        video = torch.rand(2, 3, 1, height, width, device=device)
         state = {k: v.clone() for k, v in state.items()}
         traced = torch.jit.trace(net, (video, state), strict=False, check_trace=False)
     return traced

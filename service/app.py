@@ -69,6 +69,9 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     if role != "serve" and not settings.redis_url:
         raise ValueError(f"the {role} role shares its state through Redis: set MOVINET_REDIS_URL")
+    from service.registry import resolve_device
+
+    resolve_device(settings.device)  # a GPU that is not there: a clear error before anything starts
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -86,7 +89,7 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
                                            **({"socket_timeout": settings.redis_socket_timeout_s}
                                               if settings.redis_url else {}))
         state.registry = registry = ModelRegistry(settings.model, settings.weights, settings.allow_random_weights,
-                                                 trace=settings.trace_inference)
+                                                 trace=settings.trace_inference, device=settings.device)
         state.inference = inference = None
         if role in ("serve", "worker"):
             state.inference = inference = InferenceLoop(

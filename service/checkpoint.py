@@ -35,9 +35,12 @@ def encode(slot: Slot | None, state: dict[str, torch.Tensor] | None, smoothed: A
     return movinet.state_to_bytes(tensors, half=half, metadata=meta)
 
 
-def decode(data: bytes) -> tuple[Slot | None, dict[str, torch.Tensor] | None, Any]:
-    """``(slot, state, smoothed)``; raises ``ValueError`` on bytes that are not a session checkpoint."""
+def decode(data: bytes, device: Any = None) -> tuple[Slot | None, dict[str, torch.Tensor] | None, Any]:
+    """``(slot, state, smoothed)`` with the state on ``device`` (default CPU); raises ``ValueError``
+    on bytes that are not a session checkpoint."""
     tensors, meta = state_and_metadata_from_bytes(data)
+    if device is not None:
+        tensors = {k: v if k == "smoothed" else v.to(device) for k, v in tensors.items()}
     if meta.get("kind") != CHECKPOINT_KIND:
         raise ValueError("not a session checkpoint")
     smoothed = tensors.pop("smoothed", None)

@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--weights", help="default weights tag (MOVINET_WEIGHTS, default the model's first)")
         command.add_argument("--allow-random-weights", action="store_true", default=None,
                              help="also serve models without trained weights (demos, tests)")
-        command.add_argument("--torch-threads", type=int, help="torch threads for inference (0 = torch default)")
+        command.add_argument("--torch-threads", type=int, help="torch threads for inference (0 = CPU cores - 1)")
+        command.add_argument("--device", help="auto (default: a CUDA GPU if there is one), cpu, cuda, cuda:N "
+                             "(MOVINET_DEVICE)")
         command.add_argument("--log-level", help="debug, info, warning (MOVINET_LOG_LEVEL)")
     return parser
 
@@ -53,7 +55,7 @@ def serve(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in {
         bind[0]: args.host, bind[1]: args.port, "redis_url": args.redis_url, "model": args.model,
         "weights": args.weights, "allow_random_weights": args.allow_random_weights,
-        "torch_threads": args.torch_threads, "log_level": args.log_level,
+        "torch_threads": args.torch_threads, "device": args.device, "log_level": args.log_level,
     }.items() if value is not None}
     settings = Settings(**overrides)
     setup_logging(settings.log_level)

@@ -276,7 +276,7 @@ class InferenceLoop:
         if lease.checkpoint:
             try:
                 runtime.slot, runtime.state, runtime.smoothed = await loop.run_in_executor(
-                    self._executor, checkpoints.decode, lease.checkpoint)
+                    self._executor, checkpoints.decode, lease.checkpoint, runtime.model.device)
             except Exception as exc:
                 log.error(kv("checkpoint_unreadable", session_id=lease.session_id, error=repr(exc)))
                 runtime.slot = runtime.state = runtime.smoothed = None
@@ -389,7 +389,8 @@ def _forward(items: list[_Item]) -> None:
     size = loaded.input_size
     pixels = np.stack([np.frombuffer(i.frame.data, np.uint8).reshape(i.frame.height, i.frame.width, 3)
                        for i in items])  # (N, H, W, 3)
-    video = torch.from_numpy(pixels).permute(0, 3, 1, 2).unsqueeze(2).float().div_(255.0)  # (N, 3, 1, H, W)
+    video = torch.from_numpy(pixels).to(loaded.device or "cpu", non_blocking=True)
+    video = video.permute(0, 3, 1, 2).unsqueeze(2).float().div_(255.0)  # (N, 3, 1, H, W)
     with torch.inference_mode():
         if runtime0.window is None:
             states = []
@@ -406,7 +407,7 @@ def _forward(items: list[_Item]) -> None:
                 if item.runtime.slot is None:
                     item.runtime.slot = _new_slot(stream)
             logits = stream.step([i.runtime.slot for i in items], video)  # (N, classes)
-        probs = torch.softmax(logits.float(), dim=-1).numpy()
+        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
     if not np.isfinite(probs).all():
         raise FloatingPointError("non-finite scores")
     for item, row in zip(items, probs, strict=True):

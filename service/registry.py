@@ -29,6 +29,7 @@ class LoadedModel:
     frame_rate: float
     clip_frames: int
     labels: list[str]
+    device: Any = None  # torch.device the model runs on
     step: Any = None  # runs one-frame calls: the TorchScript trace of ``net`` (or ``net`` itself)
     _windows: dict[int, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -50,11 +51,12 @@ class LoadedModel:
 
 class ModelRegistry:
     def __init__(self, default_model: str, default_weights: str | None, allow_random_weights: bool,
-                 trace: bool = True):
+                 trace: bool = True, device: str = "auto"):
         self.default_model = default_model
         self.default_weights = default_weights
         self.allow_random_weights = allow_random_weights
         self.trace = trace
+        self.device = resolve_device(device)
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -121,7 +123,7 @@ class ModelRegistry:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             if key not in self._loaded:
-                self._loaded[key] = await asyncio.to_thread(_build, name, weights, self.trace)
+                self._loaded[key] = await asyncio.to_thread(_build, name, weights, self.trace, self.device)
         return self._loaded[key]
 
     @property
@@ -129,7 +131,27 @@ class ModelRegistry:
         return list(self._loaded.values())
 
 
-def _build(name: str, weights: str, trace: bool = True) -> LoadedModel:
+def resolve_device(device: str) -> Any:
+    """``auto`` → the first CUDA GPU when there is one, else the CPU; ``cpu``, ``cuda``, ``cuda:N``.
+    Raises ``ValueError`` for a GPU that is not there."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"MOVINET_DEVICE={device!r} is not a torch device: {exc}") from None
+    if resolved.type == "cuda" and not (torch.cuda.is_available()
+                                        and (resolved.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"MOVINET_DEVICE={device!r}, but torch sees no such CUDA device "
+                         f"({torch.cuda.device_count()} available)")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"MOVINET_DEVICE={device!r}: only cpu and cuda are supported")
+    return resolved
+
+
+def _build(name: str, weights: str, trace: bool = True, device: Any = None) -> LoadedModel:
     import time
 
     import torch
@@ -142,6 +164,8 @@ def _build(name: str, weights: str, trace: bool = True) -> LoadedModel:
     net = model.create_model(name, weights=None if weights == RANDOM else weights)
     # BN folded into the convolutions: same outputs to ~1e-6, ~10 % faster (docs/benchmarks.md)
     net = optimize_for_inference(net.eval())
+    device = device or torch.device("cpu")
+    net = net.to(device)
     info = net.info
     if info.mode != "stream":
         raise ApiError(422, "model_not_streamable", f"{name} is not a stream model")
@@ -149,6 +173,7 @@ def _build(name: str, weights: str, trace: bool = True) -> LoadedModel:
         name=name, weights=weights, net=net, input_size=int(info.input_size),
         short_side=int(getattr(info, "eval_min_size", 0) or info.input_size),
         frame_rate=float(info.frame_rate), clip_frames=int(info.clip_frames), labels=list(net.labels),
+        device=device,
     )
     size = loaded.input_size
     loaded.step = net
@@ -160,7 +185,7 @@ def _build(name: str, weights: str, trace: bool = True) -> LoadedModel:
         for batch in (1, 2, 4):
             state = net.init_state(batch, size, size)
             for _ in range(3):
-                _, state = loaded.step(torch.zeros(batch, 3, 1, size, size), state)
+                _, state = loaded.step(torch.zeros(batch, 3, 1, size, size, device=device), state)
     log.info(kv("model_loaded", model=name, weights=weights, input_size=loaded.input_size,
                 frame_rate=loaded.frame_rate, clip_frames=loaded.clip_frames,
                 seconds=time.perf_counter() - started))

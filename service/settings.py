@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads for inference; 0 = auto: one less than the CPU cores "
         "(at least 1), leaving a core to decoding and the event loop.")
+    device: str = Field("auto", description="Where models run: auto (the first CUDA GPU if torch sees one, "
+                        "else the CPU), cpu, cuda or cuda:N.")
     trace_inference: bool = Field(
         True, description="Run one-frame forwards as a TorchScript trace (same outputs; no GIL held while "
         "it runs, so decoding and the sockets go on meanwhile).")

@@ -30,6 +30,7 @@ log = logging.getLogger("service.sessions")
 # A producer slot lives this long unless its gateway renews it (every third of it): after a
 # gateway dies, its sessions accept a new producer on another gateway within this time.
 PRODUCER_TTL_MS = 3000
+CAMERA_SCAN_S = 1.0
 
 
 def hash_token(token: str) -> str:
@@ -105,6 +106,7 @@ class SessionService:
         self.hub = ConnectionHub()
         self.gateway_id = secrets.token_hex(6)
         self._producers: dict[tuple[str, int], asyncio.Task] = {}
+        self._cameras: asyncio.Task | None = None
         self.draining = False
         self._reaper: asyncio.Task | None = None
 
@@ -112,9 +114,11 @@ class SessionService:
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_forever(), name="session-reaper")
+        if self.store.kind == "redis":  # several gateways: any of them takes over a dead one's cameras
+            self._cameras = asyncio.create_task(self._adopt_cameras_forever(), name="camera-takeover")
 
     async def stop(self) -> None:
-        for task in self._producers.values():
+        for task in [*self._producers.values(), *([self._cameras] if self._cameras else [])]:
             task.cancel()
         if self._reaper is not None:
             self._reaper.cancel()
@@ -132,6 +136,41 @@ class SessionService:
         await self.hub.close_all(CloseCode.SERVICE_RESTART, "server shutting down",
                                  {"type": "closing", "reason": "shutdown"})
         log.info(kv("drained", connections=connections))
+
+    async def _adopt_cameras_forever(self) -> None:
+        """Exactly one gateway pulls each RTSP camera: the one holding the session's producer slot
+        (a Redis key with a TTL that its holder renews). Every ``CAMERA_SCAN_S`` each gateway tries
+        to start the pull of RTSP sessions that no gateway holds: the slot admits one of them."""
+        while True:
+            await asyncio.sleep(CAMERA_SCAN_S)
+            if self.draining:
+                continue
+            try:
+                cursor = None
+                while True:
+                    records, cursor = await self.store.sessions.list(cursor, 200)
+                    for record in records:
+                        if (record.options.get("source", {}).get("type") == "rtsp"
+                                and record.session_id not in self.hub.streams and "source_url" in record.extra):
+                            await self._adopt_camera(record)
+                    if not cursor:
+                        break
+            except STORE_ERRORS:
+                pass  # the store is away; the next scan tries again
+            except Exception:
+                log.exception(kv("camera_takeover_failed"))
+
+    async def _adopt_camera(self, record: SessionRecord) -> None:
+        source = {**record.options["source"], "url": record.extra["source_url"]}
+        try:
+            camera = await rtsp.check_source(source, self.settings.rtsp_allow_private_addresses)
+            loaded = await self.registry.load(record.model, record.weights)
+            await rtsp.start_puller(self, record, loaded, camera)
+        except ApiError as exc:
+            if exc.status != 409:  # 409: another gateway holds it (the usual case)
+                log.warning(kv("camera_takeover_refused", session_id=record.session_id, code=exc.code))
+            return
+        log.info(kv("camera_taken_over", session_id=record.session_id, url=camera.redacted))
 
     async def _reap_forever(self) -> None:
         while True:

@@ -268,3 +268,43 @@ def test_sigterm_drains_a_worker_its_sessions_move_without_replay(pool: Pool):
     resumed = [e for e in pool.events("lease_taken")
                if e["session_id"] == session["session_id"] and int(e["token"]) > 1]
     assert resumed and resumed[0]["replayed"] == "0" and resumed[0]["checkpoint_seq"] == released[0]["seq"], resumed
+
+
+def test_a_camera_is_pulled_by_one_gateway_and_another_takes_over_when_it_dies(pool: Pool):
+    """RTSP with several gateways: the session's producer slot (in Redis) lets exactly one gateway
+    pull the camera; when that gateway is SIGKILLed, another one takes the pull over and the labels
+    go on."""
+    from tests.service.sources import VIDEO, RtspCamera, gst_rtsp_available, require
+
+    require(gst_rtsp_available(), "gst-rtsp-server (python3-gi, gir1.2-gst-rtsp-server-1.0, gstreamer plugins)")
+    camera = RtspCamera(VIDEO).start()
+    try:
+        gateways = pool.add("gateway", 2, MOVINET_RTSP_ALLOW_PRIVATE_ADDRESSES="true")
+        pool.add("worker", 1)
+        for proc in gateways + pool.workers:
+            proc.wait_ready()
+        session = pool.create(gateways[0], source={"type": "rtsp", "url": camera.url, "transport": "tcp"})
+        seen: list[int] = []
+
+        async def watch(until: int, timeout: float) -> None:
+            url = ws_url(gateways[1], session, "labels", after_seq=seen[-1] if seen else 0)
+            async with websockets.connect(url) as ws:
+                async def read() -> None:
+                    async for raw in ws:
+                        message = json.loads(raw)
+                        if message["type"] == "result":
+                            seen.append(message["seq"])
+                            if len(seen) >= until:
+                                return
+                await asyncio.wait_for(read(), timeout)
+
+        asyncio.run(watch(10, 60))  # gateway 0 pulls; gateway 1 serves the labels from Redis
+        pullers = [e for e in pool.events("rtsp_started") if e["session_id"] == session["session_id"]]
+        assert len(pullers) == 1, pullers  # gateway 1 saw the session every second and left it alone
+        gateways[0].kill()
+        asyncio.run(watch(20, 60))  # labels resume: gateway 1 took the camera over
+        taken = [e for e in pool.events("camera_taken_over") if e["session_id"] == session["session_id"]]
+        assert len(taken) == 1, taken
+        assert seen == sorted(set(seen)) and len(seen) >= 20
+    finally:
+        camera.kill()

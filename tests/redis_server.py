@@ -21,6 +21,8 @@ def free_port() -> int:
 
 class RedisServer:
     def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False) -> None:
+        """``appendonly``: persist every write before answering (AOF, fsync always), so that a
+        SIGKILLed server restarts with everything it acknowledged."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
@@ -37,7 +39,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--protected-mode", "yes"]
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+                "--protected-mode", "yes"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -13,7 +13,15 @@ import time
 import httpx
 import websockets
 
-from tests.pool.conftest import Pool, assert_same_labels, results_of, stream_frames, video_frames, ws_url
+from tests.pool.conftest import (
+    Pool,
+    assert_same_labels,
+    connect_producer,
+    results_of,
+    stream_frames,
+    video_frames,
+    ws_url,
+)
 
 FRAMES = 40  # 8 s of the test video at 5 fps: two motions
 
@@ -180,6 +188,61 @@ def test_one_producer_per_session_across_gateways(pool: Pool):
             return json.loads(await ws.recv())["type"]
 
     assert asyncio.run(after_the_first_left()) == "session"
+
+
+def test_a_session_goes_on_after_a_persistent_redis_is_killed_and_restarted(tmp_path):
+    """Redis with an append-only file is SIGKILLed mid-stream and restarted: the gateway and the
+    worker ride it out, the session continues where it was (frames sent while Redis was away are
+    lost and reported), and the client sees every seq once, in order."""
+    from tests.redis_server import RedisServer
+
+    redis = RedisServer(tmp_path / "redis", appendonly=True).start()
+    pool = Pool(redis, tmp_path)
+    try:
+        gateway = pool.add("gateway", 1)[0]
+        worker = pool.add("worker", 1)[0]
+        for proc in (gateway, worker):
+            proc.wait_ready()
+        frames = video_frames(30)
+        session = pool.create(gateway)
+
+        async def scenario() -> list[dict]:
+            messages: list[dict] = []
+
+            async def send(chunk) -> None:
+                for pts, data in chunk:
+                    await ws.send(json.dumps({"type": "frame", "pts": pts}))
+                    await ws.send(data)
+                    await asyncio.sleep(0.05)
+
+            async def until_results(count: int) -> None:
+                while len(results_of(messages)) < count:
+                    messages.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+
+            async with await connect_producer(gateway, session) as ws:
+                await send(frames[:10])
+                await until_results(10)
+                redis.kill()
+                await send(frames[10:15])  # lost: the store is away (the socket stays open)
+                redis.start()
+                await asyncio.sleep(1.0)
+                await send(frames[15:])
+                await ws.send(json.dumps({"type": "eos"}))
+                async for raw in ws:
+                    messages.append(json.loads(raw))
+            return messages
+
+        messages = asyncio.run(asyncio.wait_for(scenario(), 120))
+        results = results_of(messages)
+        seqs = [r["seq"] for r in results]
+        assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 20, seqs  # nothing twice, no gap
+        assert "store_unavailable" in [m.get("code") for m in messages if m["type"] == "error"]
+        assert messages[-1]["type"] == "eos" and messages[-1]["complete"], messages[-2:]
+        assert [r["frame_index"] for r in results][:10] == list(range(10))
+        assert gateway.alive() and worker.alive()
+    finally:
+        pool.stop()
+        redis.kill()
 
 
 def test_redis_restart_without_persistence_is_reported_not_hung(pool: Pool):

@@ -113,6 +113,23 @@ class Pool:
                     found.append(dict(part.split("=", 1) for part in line.split() if "=" in part))
         return found
 
+    def up(self, gateways: int, workers: int, **env: str) -> tuple[list[Proc], list[Proc]]:
+        """Start gateways and workers and wait until every one is ready."""
+        started = self.add("gateway", gateways, **env), self.add("worker", workers, **env)
+        for proc in started[0] + started[1]:
+            proc.wait_ready()
+        return started
+
+    def holder(self, session_id: str, workers: list[Proc], timeout: float = 60.0) -> Proc:
+        """The worker process that first leased the session (from the workers' logs)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events("lease_taken"):
+                if event["session_id"] == session_id:
+                    return next(w for w in workers if w.process and f"-{w.process.pid}-" in event["worker"])
+            time.sleep(0.05)
+        raise AssertionError(f"no worker leased {session_id}")
+
     def restart(self, proc: Proc) -> None:
         proc.kill()
         proc.start()

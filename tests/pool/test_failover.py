@@ -27,10 +27,7 @@ FRAMES = 40  # 8 s of the test video at 5 fps: two motions
 
 
 def test_labels_survive_sigkilled_workers_seq_for_seq(pool: Pool):
-    gateways = pool.add("gateway", 2)
-    workers = pool.add("worker", 3)
-    for proc in gateways + workers:
-        proc.wait_ready()
+    gateways, workers = pool.up(gateways=2, workers=3)
     frames = video_frames(FRAMES)
 
     # The uninterrupted run: one session, no kills.
@@ -82,28 +79,19 @@ def test_labels_survive_sigkilled_workers_seq_for_seq(pool: Pool):
 def test_a_frozen_worker_that_wakes_up_cannot_commit(pool: Pool):
     """Fencing with real processes: SIGSTOP the worker holding a session past its lease, let another
     take over, SIGCONT the first: its commits are refused and the labels stay those of one run."""
-    gateway = pool.add("gateway", 1)[0]
-    workers = pool.add("worker", 2)
-    for proc in [gateway, *workers]:
-        proc.wait_ready()
+    (gateway,), workers = pool.up(gateways=1, workers=2)
     frames = video_frames(FRAMES)
     reference = results_of(asyncio.run(stream_frames(gateway, pool.create(gateway), frames)))
     session = pool.create(gateway)
     frozen: list = []
 
     def freeze_the_holder() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not frozen:
-            for event in pool.events("lease_taken"):
-                if event["session_id"] == session["session_id"]:
-                    holder = next(w for w in workers if f"-{w.process.pid}-" in event["worker"])
-                    time.sleep(0.5)  # let it process a few frames first
-                    holder.process.send_signal(signal.SIGSTOP)
-                    frozen.append(holder)
-                    time.sleep(2.5)  # > the 1 s lease: the other worker takes over meanwhile
-                    holder.process.send_signal(signal.SIGCONT)
-                    return
-            time.sleep(0.05)
+        holder = pool.holder(session["session_id"], workers)
+        time.sleep(0.5)  # let it process a few frames first
+        holder.process.send_signal(signal.SIGSTOP)
+        frozen.append(holder)
+        time.sleep(2.5)  # > the 1 s lease: the other worker takes over meanwhile
+        holder.process.send_signal(signal.SIGCONT)
 
     thread = threading.Thread(target=freeze_the_holder, daemon=True)
     thread.start()
@@ -124,10 +112,7 @@ def test_a_frozen_worker_that_wakes_up_cannot_commit(pool: Pool):
 def test_labels_resume_on_another_gateway_after_a_gateway_dies(pool: Pool):
     """Gateways are stateless: a watcher whose gateway is SIGKILLed reconnects to another one with
     ``after_seq`` and gets the rest, no gap and no duplicate; the producer reconnects too."""
-    gateways = pool.add("gateway", 2)
-    pool.add("worker", 1)
-    for proc in gateways + pool.workers:
-        proc.wait_ready()
+    gateways, _ = pool.up(gateways=2, workers=1)
     frames = video_frames(FRAMES)
     session = pool.create(gateways[0])
     seen: list[int] = []
@@ -199,10 +184,7 @@ def test_a_session_goes_on_after_a_persistent_redis_is_killed_and_restarted(tmp_
     redis = RedisServer(tmp_path / "redis", appendonly=True).start()
     pool = Pool(redis, tmp_path)
     try:
-        gateway = pool.add("gateway", 1)[0]
-        worker = pool.add("worker", 1)[0]
-        for proc in (gateway, worker):
-            proc.wait_ready()
+        (gateway,), (worker,) = pool.up(gateways=1, workers=1)
         frames = video_frames(30)
         session = pool.create(gateway)
 
@@ -248,10 +230,7 @@ def test_a_session_goes_on_after_a_persistent_redis_is_killed_and_restarted(tmp_
 def test_redis_restart_without_persistence_is_reported_not_hung(pool: Pool):
     """Redis dies and comes back empty: gateways and workers stay up, say not-ready meanwhile, and
     the client is told its session was lost (close 4410) instead of waiting forever; new sessions work."""
-    gateway = pool.add("gateway", 1)[0]
-    worker = pool.add("worker", 1)[0]
-    for proc in (gateway, worker):
-        proc.wait_ready()
+    (gateway,), (worker,) = pool.up(gateways=1, workers=1)
     frames = video_frames(10)
     session = pool.create(gateway)
 
@@ -296,29 +275,19 @@ def test_redis_restart_without_persistence_is_reported_not_hung(pool: Pool):
 def test_sigterm_drains_a_worker_its_sessions_move_without_replay(pool: Pool):
     """SIGTERM: the worker stops claiming, checkpoints and releases its sessions, and exits within
     the drain bound; the next worker resumes from that checkpoint (nothing to replay)."""
-    gateway = pool.add("gateway", 1)[0]
-    workers = pool.add("worker", 2)
-    for proc in [gateway, *workers]:
-        proc.wait_ready()
+    (gateway,), workers = pool.up(gateways=1, workers=2)
     frames = video_frames(FRAMES)
     reference = results_of(asyncio.run(stream_frames(gateway, pool.create(gateway), frames)))
     session = pool.create(gateway)
     exits: list[float] = []
 
     def drain_the_holder() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            taken = [e for e in pool.events("lease_taken") if e["session_id"] == session["session_id"]]
-            if taken:
-                holder = next(w for w in workers if f"-{w.process.pid}-" in taken[0]["worker"])
-                time.sleep(0.5)
-                started = time.monotonic()
-                process = holder.process
-                process.send_signal(signal.SIGTERM)
-                process.wait(30)
-                exits.append(time.monotonic() - started)
-                return
-            time.sleep(0.05)
+        process = pool.holder(session["session_id"], workers).process
+        time.sleep(0.5)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+        exits.append(time.monotonic() - started)
 
     thread = threading.Thread(target=drain_the_holder, daemon=True)
     thread.start()
@@ -342,10 +311,7 @@ def test_a_camera_is_pulled_by_one_gateway_and_another_takes_over_when_it_dies(p
     require(gst_rtsp_available(), "gst-rtsp-server (python3-gi, gir1.2-gst-rtsp-server-1.0, gstreamer plugins)")
     camera = RtspCamera(VIDEO).start()
     try:
-        gateways = pool.add("gateway", 2, MOVINET_RTSP_ALLOW_PRIVATE_ADDRESSES="true")
-        pool.add("worker", 1)
-        for proc in gateways + pool.workers:
-            proc.wait_ready()
+        gateways, _ = pool.up(gateways=2, workers=1, MOVINET_RTSP_ALLOW_PRIVATE_ADDRESSES="true")
         session = pool.create(gateways[0], source={"type": "rtsp", "url": camera.url, "transport": "tcp"})
         seen: list[int] = []
 

@@ -161,7 +161,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-frames", type=int, default=5, help="loss on prefixes at least this long")
     parser.add_argument("--clips", type=int, default=3000, help="distinct training clips (rendered once)")
     parser.add_argument("--val-clips", type=int, default=200, help="held-out clips checked every epoch")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)

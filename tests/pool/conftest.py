@@ -177,8 +177,9 @@ def ws_url(gateway: Proc, session: dict[str, Any], path: str = "stream", **query
 
 
 async def stream_frames(gateway: Proc, session: dict[str, Any], frames: list[tuple[float, bytes]],
-                        in_flight: int = 12, timeout: float = 120.0) -> list[dict[str, Any]]:
-    """Send the frames (at most ``in_flight`` ahead of the results), end the stream, return every message."""
+                        in_flight: int = 12, timeout: float = 120.0, pace_s: float = 0.0) -> list[dict[str, Any]]:
+    """Send the frames (at most ``in_flight`` ahead of the results, at least ``pace_s`` apart),
+    end the stream, return every message."""
     messages: list[dict[str, Any]] = []
     async with await connect_producer(gateway, session) as ws:
         results = 0
@@ -199,6 +200,8 @@ async def stream_frames(gateway: Proc, session: dict[str, Any], frames: list[tup
                 await asyncio.sleep(0.01)
             await ws.send(json.dumps({"type": "frame", "pts": pts}))
             await ws.send(data)
+            if pace_s:
+                await asyncio.sleep(pace_s)
         await ws.send(json.dumps({"type": "eos"}))
         await asyncio.wait_for(done.wait(), timeout)
         task.cancel()

@@ -267,9 +267,13 @@ class SessionService:
     async def status(self, record: SessionRecord) -> SessionStatus:
         last = await self.store.results.last(record.session_id)
         producer = self.hub.streams.get(record.session_id)  # a /stream socket, RTSP puller or WebRTC peer
+        if producer is not None:
+            streaming = getattr(producer, "streaming", True)
+        else:  # maybe on another gateway: its producer slot says so
+            streaming = await self.store.sessions.producer(record.session_id) is not None
         return SessionStatus(
             session_id=record.session_id, model=record.model, weights=record.weights,
-            state="streaming" if producer is not None and getattr(producer, "streaming", True) else "idle",
+            state="streaming" if streaming else "idle",
             created_at=record.created_at, expires_at=record.expires_at,
             frames_received=record.frames_received, frames_processed=record.frames_processed,
             frames_dropped=record.frames_dropped, backlog=await self.store.frames.backlog(record.session_id),

@@ -126,6 +126,9 @@ class SessionStore(Protocol):
         slot frees itself after ``ttl_ms``."""
         ...
     async def release_producer(self, session_id: str, owner: str) -> None: ...
+    async def producer(self, session_id: str) -> str | None:
+        """Who holds the producer slot (on any gateway), or None."""
+        ...
 
 
 class FrameLog(Protocol):

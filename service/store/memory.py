@@ -81,6 +81,10 @@ class MemorySessionStore:
         self._producers[session_id] = (owner, now + ttl_ms / 1000.0)
         return True
 
+    async def producer(self, session_id: str) -> str | None:
+        held = self._producers.get(session_id)
+        return held[0] if held is not None and held[1] > time.monotonic() else None
+
     async def release_producer(self, session_id: str, owner: str) -> None:
         if self._producers.get(session_id, (None,))[0] == owner:
             del self._producers[session_id]

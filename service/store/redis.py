@@ -368,6 +368,10 @@ class RedisSessionStore:
     async def claim_producer(self, session_id: str, owner: str, ttl_ms: int) -> bool:
         return bool(await self._s.producer(keys=[keys.producer(session_id)], args=[owner, ttl_ms]))
 
+    async def producer(self, session_id: str) -> str | None:
+        owner = await self._r.get(keys.producer(session_id))
+        return owner.decode() if owner is not None else None
+
     async def release_producer(self, session_id: str, owner: str) -> None:
         await self._s.unproduce(keys=[keys.producer(session_id)], args=[owner])
 

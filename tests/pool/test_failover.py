@@ -166,6 +166,9 @@ def test_one_producer_per_session_across_gateways(pool: Pool):
     async def scenario() -> tuple[dict, int]:
         async with websockets.connect(ws_url(gateways[0], session)) as first:
             assert json.loads(await first.recv())["type"] == "session"
+            status = await asyncio.to_thread(httpx.get, f"{gateways[1].url}/sessions/{session['session_id']}",
+                                             params={"token": session["token"]})
+            assert status.json()["state"] == "streaming"  # seen from the other gateway
             async with websockets.connect(ws_url(gateways[1], session)) as second:
                 refused = json.loads(await second.recv())
                 with contextlib.suppress(websockets.ConnectionClosed):
@@ -174,6 +177,8 @@ def test_one_producer_per_session_across_gateways(pool: Pool):
 
     refused, code = asyncio.run(scenario())
     assert (refused["code"], code) == ("stream_in_use", 4409)
+    other = httpx.get(f"{gateways[1].url}/sessions/{session['session_id']}", params={"token": session["token"]})
+    assert other.json()["state"] == "idle"  # the first producer has gone
 
     async def after_the_first_left() -> str:  # released on disconnect: the other gateway takes it at once
         async with websockets.connect(ws_url(gateways[1], session)) as ws:

@@ -97,12 +97,15 @@ def test_one_producer_slot_per_session(make_store):
     async def scenario():
         store = make_store()
         await store.sessions.create(record("a"))
+        assert await store.sessions.producer("a") is None
         assert await store.sessions.claim_producer("a", "gw1:1", 300)
+        assert await store.sessions.producer("a") == "gw1:1"
         assert not await store.sessions.claim_producer("a", "gw2:1", 300)
         assert await store.sessions.claim_producer("a", "gw1:1", 300)  # a renewal
         await store.sessions.release_producer("a", "gw2:1")  # not the holder: nothing happens
         assert not await store.sessions.claim_producer("a", "gw2:1", 300)
         await store.sessions.release_producer("a", "gw1:1")
+        assert await store.sessions.producer("a") is None
         assert await store.sessions.claim_producer("a", "gw2:1", 200)
         await asyncio.sleep(0.3)  # gw2 died without releasing: the slot frees itself
         assert await store.sessions.claim_producer("a", "gw3:1", 5000)

@@ -39,6 +39,7 @@ class StreamSummary:
     latencies_ms: list[float] = field(default_factory=list)  # send of a frame -> its label, client clock
     close_code: int | None = None
     complete: bool = False
+    reconnects: int = 0
 
     @property
     def dropped(self) -> int:
@@ -111,23 +112,60 @@ class MovinetClient:
         in_flight: int = 4,
         on_message: Callable[[dict[str, Any]], None] | None = None,
         max_frames: int | None = None,
+        reconnect_for: float = 30.0,
     ) -> StreamSummary:
         """Send ``frames`` (from :func:`model_frames`) and collect what comes back.
 
         ``realtime``: wait for each frame's pts (relative to the first) before sending it.
         Otherwise keep at most ``in_flight`` model frames waiting for their labels.
+
+        When the socket drops for a reason that passes (the server restarting: 1012, 1006; the
+        state store away: 1013; a dead gateway's producer slot not yet free: 4409), the client
+        reconnects with backoff for up to ``reconnect_for`` seconds, resumes the labels after
+        the last one it got (``after_seq``) and goes on with the next frame. A frame that was in
+        flight when the socket dropped may be lost.
         """
+        from websockets.exceptions import ConnectionClosed
+
+        run = _Run(StreamSummary(session["session_id"]), iter(frames), realtime, in_flight, on_message, max_frames)
+        failing_since: float | None = None
+        backoff = 0.5
+        while True:
+            try:
+                if await self._connect_once(session, run):
+                    return run.summary
+                failing_since = None  # connected and worked: a later drop gets the full patience
+                backoff = 0.5
+            except (ConnectionClosed, OSError, _Retry) as exc:
+                code = exc.rcvd.code if isinstance(exc, ConnectionClosed) and exc.rcvd else None
+                if code is not None and code not in RETRY_CLOSE_CODES:
+                    raise RuntimeError(f"stream closed: {exc}") from None
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > reconnect_for:
+                    raise RuntimeError(f"could not reconnect for {reconnect_for:.0f} s: {exc}") from None
+                run.summary.reconnects += 1
+                print(f"movinet-client: connection lost ({exc}); reconnecting", file=sys.stderr)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _connect_once(self, session: dict[str, Any], run: _Run) -> bool:
+        """One connection: True when the stream ended (``eos`` answered or the source ran out)."""
         from websockets.asyncio.client import connect
 
-        summary = StreamSummary(session["session_id"])
-        sent_at: dict[int, float] = {}  # frame_index -> monotonic send time
-        slots_sent = 0
-        progress = asyncio.Condition()
-        url = f"{session['frames_url']}?token={session['token']}"
+        summary = run.summary
+        after = summary.results[-1]["seq"] if summary.results else 0
+        url = f"{session['frames_url']}?token={session['token']}" + (f"&after_seq={after}" if after else "")
         async with connect(url, max_size=None, open_timeout=self.timeout) as ws:
             hello = json.loads(await ws.recv())
             if hello.get("type") == "error":
+                if hello.get("code") in ("stream_in_use", "store_unavailable"):
+                    raise _Retry(hello.get("message", hello["code"]))
                 raise RuntimeError(f"stream refused: {hello}")
+            base_index = hello.get("next_frame_index", 0)
+            progress = asyncio.Condition()
+            if summary.reconnects:  # frames lost with the old socket never get labels: count afresh
+                run.slots_sent = len(summary.results) + summary.dropped
 
             async def receive() -> None:
                 async for raw in ws:
@@ -135,56 +173,84 @@ class MovinetClient:
                     now = time.monotonic()
                     if message["type"] == "result":
                         summary.results.append(message)
-                        started = sent_at.pop(message["frame_index"], None)
+                        started = run.sent_at.pop(message["frame_index"], None)
                         if started is not None:
                             summary.latencies_ms.append((now - started) * 1000.0)
                     elif message["type"] == "error":
                         summary.errors.append(message)
                     elif message["type"] == "eos":
                         summary.complete = bool(message.get("complete"))
-                    if on_message is not None:
-                        on_message(message)
+                    if run.on_message is not None:
+                        run.on_message(message)
                     async with progress:
                         progress.notify_all()
 
             receiver = asyncio.create_task(receive())
-            iterator = iter(frames)
-            first_pts: float | None = None
-            started = time.monotonic()
-            base_index = None
-            while max_frames is None or summary.frames_sent < max_frames:
-                item = await asyncio.to_thread(next, iterator, None)
-                if item is None or receiver.done():
-                    break
-                pts, slots, rgb = item
-                if first_pts is None:
-                    first_pts = pts
-                if realtime:
-                    delay = (pts - first_pts) - (time.monotonic() - started)
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                else:
-                    async with progress:
-                        await progress.wait_for(
-                            lambda sent=slots_sent: sent - len(summary.results) - summary.dropped < in_flight
-                            or receiver.done())
-                data = await asyncio.to_thread(encode_jpeg, rgb)
-                if base_index is None:
-                    base_index = hello.get("next_frame_index", 0)
-                now = time.monotonic()
-                for k in slots:
-                    sent_at[k + (base_index or 0)] = now
-                await ws.send(json.dumps({"type": "frame", "pts": pts}))
-                await ws.send(data)
-                summary.frames_sent += 1
-                slots_sent += len(slots)
-            await ws.send(json.dumps({"type": "eos"}))
             try:
-                await asyncio.wait_for(receiver, timeout=120)
-            except TimeoutError:
+                while run.max_frames is None or summary.frames_sent < run.max_frames:
+                    item = await asyncio.to_thread(next, run.frames, None)
+                    if item is None or receiver.done():
+                        break
+                    pts, slots, rgb = item
+                    if run.first_pts is None:
+                        run.first_pts, run.started = pts, time.monotonic()
+                    if run.realtime:
+                        delay = (pts - run.first_pts) - (time.monotonic() - run.started)
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    else:
+                        async with progress:
+                            await progress.wait_for(
+                                lambda: run.slots_sent - len(summary.results) - summary.dropped < run.in_flight
+                                or receiver.done())
+                    data = await asyncio.to_thread(encode_jpeg, rgb)
+                    now = time.monotonic()
+                    for k in slots:
+                        run.sent_at[k + base_index] = now
+                    await ws.send(json.dumps({"type": "frame", "pts": pts}))
+                    await ws.send(data)
+                    summary.frames_sent += 1
+                    run.slots_sent += len(slots)
+                if receiver.done():  # the server closed the socket while we were sending
+                    receiver.result()
+                    summary.close_code = ws.close_code
+                    raise _Retry(f"closed by the server ({ws.close_code})") if ws.close_code in RETRY_CLOSE_CODES \
+                        else RuntimeError(f"closed by the server ({ws.close_code})")
+                await ws.send(json.dumps({"type": "eos"}))
+                try:
+                    await asyncio.wait_for(asyncio.shield(receiver), timeout=120)
+                except TimeoutError:
+                    pass
+            finally:
                 receiver.cancel()
             summary.close_code = ws.close_code
-        return summary
+            if ws.close_code in RETRY_CLOSE_CODES and not summary.complete:
+                raise _Retry(f"closed by the server ({ws.close_code}) before the end of the stream")
+        return True
+
+
+# Close codes after which a reconnect may work (docs/service-api.md).
+RETRY_CLOSE_CODES = {1006, 1011, 1012, 1013, 4409}
+
+
+class _Retry(Exception):
+    """The stream can go on after a reconnect."""
+
+
+@dataclass
+class _Run:
+    """What one :meth:`MovinetClient.stream` keeps across its connections."""
+
+    summary: StreamSummary
+    frames: Iterator[tuple[float, list[int], np.ndarray]]
+    realtime: bool
+    in_flight: int
+    on_message: Callable[[dict[str, Any]], None] | None
+    max_frames: int | None
+    sent_at: dict[int, float] = field(default_factory=dict)  # frame_index -> monotonic send time
+    slots_sent: int = 0
+    first_pts: float | None = None
+    started: float = 0.0
 
 
 # --- CLI ------------------------------------------------------------------------------------------
@@ -233,7 +299,8 @@ async def _stream_main(args: argparse.Namespace) -> int:
             await client.delete_session(session)
     p50, p99 = summary.percentile(50), summary.percentile(99)
     print(f"sent {summary.frames_sent} frames, {len(summary.results)} labels, {summary.dropped} dropped, "
-          f"{len(summary.errors)} errors" + (f", latency p50 {p50:.0f} ms p99 {p99:.0f} ms" if p50 else ""),
+          f"{len(summary.errors)} errors" + (f", {summary.reconnects} reconnects" if summary.reconnects else "")
+          + (f", latency p50 {p50:.0f} ms p99 {p99:.0f} ms" if p50 else ""),
           file=sys.stderr)
     return 0 if summary.results else 1
 

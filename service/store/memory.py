@@ -127,6 +127,9 @@ class MemoryFrameLog:
 
     async def append(self, session_id: str, frame: Frame, *, max_backlog: int, policy: DropPolicy) -> Appended:
         log = self._logs.setdefault(session_id, _Log())
+        record = self._sessions._records.get(session_id)
+        if record is not None:  # the frame grid goes on after this frame, whatever happens to the socket
+            record.next_frame_index = max(record.next_frame_index, frame.frame_index + 1)
         log.last_seq += 1
         frame.seq = log.last_seq
         log.frames.append(frame)

@@ -151,6 +151,10 @@ end
 _APPEND = _PENDING_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
 local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
+-- The session's frame grid goes on after this frame, even if the gateway dies before it says so.
+if tonumber(ARGV[3]) + 1 > tonumber(redis.call('HGET', KEYS[1], 'next_frame_index') or '0') then
+  redis.call('HSET', KEYS[1], 'next_frame_index', tonumber(ARGV[3]) + 1)
+end
 redis.call('XADD', KEYS[2], seq .. '-0', 'pts', ARGV[2], 'fi', ARGV[3], 't', ARGV[4], 'h', ARGV[5],
            'w', ARGV[6], 'data', ARGV[7])
 local keep = tonumber(ARGV[1])

@@ -350,3 +350,41 @@ def test_a_camera_is_pulled_by_one_gateway_and_another_takes_over_when_it_dies(p
         assert seen == sorted(set(seen)) and len(seen) >= 20
     finally:
         camera.kill()
+
+
+def test_the_python_client_reconnects_when_its_gateway_restarts(pool: Pool):
+    """``MovinetClient.stream`` rides out a gateway SIGKILLed and restarted on the same address
+    (as behind a load balancer): it reconnects, resumes the labels after the last one it had,
+    and finishes the video; no label comes twice."""
+    from service.client import MovinetClient, model_frames, open_source
+    from tests.pool.conftest import VIDEO
+
+    (gateway,), _ = pool.up(gateways=1, workers=1)
+    client = MovinetClient(gateway.url)
+    restarted: list[float] = []
+    arrivals: list[float] = []
+
+    def restart_soon() -> None:
+        time.sleep(3.0)
+        pool.restart(gateway)  # SIGKILL, then the same command on the same port
+        restarted.append(time.monotonic())
+
+    async def scenario():
+        session = await client.create_session()
+        container = open_source(str(VIDEO))
+        threading.Thread(target=restart_soon, daemon=True).start()
+        try:
+            return await client.stream(session, model_frames(container, session["frame_rate"]), realtime=True,
+                                       max_frames=50, reconnect_for=60,
+                                       on_message=lambda m: m["type"] == "result" and arrivals.append(time.monotonic()))
+        finally:
+            container.close()
+
+    summary = asyncio.run(scenario())
+    seqs = [r["seq"] for r in summary.results]
+    assert summary.reconnects >= 1 and summary.complete, (summary.reconnects, summary.close_code)
+    assert seqs == sorted(set(seqs)) and summary.frames_sent == 50, (seqs, summary.frames_sent)
+    indices = [r["frame_index"] for r in summary.results]
+    assert indices == sorted(set(indices))
+    assert sum(t > restarted[0] for t in arrivals) >= 10  # labels went on after the restart
+    assert len(seqs) + summary.dropped >= 40  # what was lost: frames in flight when the gateway died

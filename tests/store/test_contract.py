@@ -125,6 +125,7 @@ def test_frame_log_assigns_seq_and_applies_the_backlog_policy(make_store):
         assert [a.seq for a in appended] == [1, 2, 3, 4, 5]
         assert [a.dropped for a in appended] == [0, 0, 0, 1, 1]
         assert await store.frames.backlog("a") == 3
+        assert (await store.sessions.get("a")).next_frame_index == 5  # the grid goes on after frame 4
         assert [f.seq for f in await store.work.frames_after("a", 0)] == [3, 4, 5]
         got = (await store.work.frames_after("a", 2, 3))[0]
         assert (got.pts, got.frame_index, got.data, got.height) == (0.4, 2, bytes([2]) * 12, 2)

@@ -1,7 +1,8 @@
 """Every Redis key name, in one place (used by :mod:`service.store.redis`).
 
 All keys of a session share the hash tag ``{<session_id>}`` so that a session's keys live in one
-Redis Cluster slot and one Lua script may touch them all.
+Redis Cluster slot and one Lua script may touch them all (the scripts are cluster-safe; the service
+as a whole does not support Cluster yet, see service/store/redis.py).
 """
 
 from __future__ import annotations

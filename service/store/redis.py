@@ -16,7 +16,8 @@ the time from which a worker should look at them: a held session's score is its 
 so when a worker dies its sessions become due by themselves).
 
 Every change to a session's keys that must be atomic is one Lua script over that session's keys
-only (so it runs on Redis Cluster); the global zsets are hints, updated next to the scripts, and
+only (cluster-safe scripts; the multi-key ``XREAD`` in :meth:`RedisWorkQueue.take_next` and the
+cross-session pipelines are not, so Redis Cluster is not supported yet); the global zsets are hints, updated next to the scripts, and
 every race on them ends with the session listed (see :meth:`RedisWorkQueue._settle`).
 """
 

@@ -6,7 +6,7 @@ Measures, with random weights (speed does not depend on them):
 
 1. per-frame latency of A0/A1/A2 stream at their official sizes, batch 1, 1 and 2 threads,
    median and p90, for the plain model and the inference variants (BN folded, channels_last_3d,
-   torch.compile);
+   the TorchScript trace the service runs, torch.compile);
 2. one base-model clip forward (A0 base, 50x172x172);
 3. the stream step against re-running a 50-frame sliding window of the base model, as the stream
    grows to 50, 200 and 1000 frames: time per new frame, total compute, and peak resident memory
@@ -53,6 +53,11 @@ def stream_latency(name: str, threads: int, variant: str, repeats: int) -> dict:
     size = net.info.input_size
     if variant != "plain":
         net = optimize_for_inference(net, channels_last="cl" in variant, compile="compile" in variant)
+    forward = net
+    if "trace" in variant:  # what the service runs (model.optimize.trace_frame_step)
+        from model.optimize import trace_frame_step
+
+        forward = trace_frame_step(net, size, size)
     frame = torch.rand(1, 3, 1, size, size)
     if "cl" in variant:
         frame = frame.to(memory_format=torch.channels_last_3d)
@@ -61,7 +66,7 @@ def stream_latency(name: str, threads: int, variant: str, repeats: int) -> dict:
 
     @torch.no_grad()
     def step():
-        _, holder["state"] = net(frame, holder["state"])
+        _, holder["state"] = forward(frame, holder["state"])
 
     return timed(step, repeats, warmup=5 if "compile" in variant else 3)
 
@@ -129,7 +134,8 @@ def main() -> int:
     latency = []
     for name in names:
         for threads in (1, 2):
-            variants = ["plain", "fused", "fused+cl"] if name.endswith("a0_stream") else ["plain", "fused"]
+            variants = (["plain", "fused", "fused+cl", "fused+trace"] if name.endswith("a0_stream")
+                        else ["plain", "fused", "fused+trace"])
             if args.compile and name.endswith("a0_stream"):
                 variants.append("fused+compile")  # torch.compile takes minutes to build on 2 cores
             for variant in variants:

@@ -34,12 +34,6 @@ HEALTHCHECK_SCRIPT = ROOT / "docker" / "healthcheck.py"
 K8S_EXAMPLES = {K8S / "secret.example.yaml"}
 KUSTOMIZATIONS = [K8S, K8S / "overlays" / "gpu"]
 
-# Settings that another branch of work is adding to service/settings.py, with the reason. While one
-# is absent, the test that it exists is an expected failure (xfail), never a pass; once it lands
-# the same test passes, and its entry here can go.
-PENDING_SETTINGS = {
-    "MOVINET_WEBRTC_ICE_SERVERS": "WebRTC settings not merged yet",
-}
 ROLES = ("serve", "gateway", "worker")
 
 ENV_NAME = re.compile(r"\bMOVINET_[A-Z0-9_]*[A-Z0-9]\b")
@@ -267,14 +261,6 @@ def parse_role_args(args: list[str]) -> None:
 
     build_parser().parse_args(args)
 
-
-def pending(name: str, known: set[str], reasons: dict[str, str]) -> Any:
-    """A pytest param for ``name``, expected to fail while ``name`` is pending and not ``known``."""
-    import pytest
-
-    if name in reasons and name not in known:
-        return pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=reasons[name]))
-    return name
 
 
 def duration_s(text: str) -> float:

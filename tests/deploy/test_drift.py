@@ -4,9 +4,6 @@
   ``service.settings.Settings``, and the values given there validate as that field.
 * Every path that compose or Kubernetes probes, scrapes or routes to is a route of the app.
 * Every command is ``movinet-service serve|gateway|worker`` and parses with the real CLI.
-
-Names still being merged by other work (``PENDING_SETTINGS``, the WebRTC route) are expected
-failures (xfail) while absent, never passes.
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ from tests.deploy.deploy_files import (
     HEALTHCHECK_SCRIPT,
     K8S,
     KUSTOMIZATIONS,
-    PENDING_SETTINGS,
     ROLES,
     ROOT,
     cli_roles,
@@ -33,7 +29,6 @@ from tests.deploy.deploy_files import (
     kustomize_build,
     load_docs,
     parse_role_args,
-    pending,
     pod_templates,
     settings_env_names,
 )
@@ -58,14 +53,8 @@ def k8s() -> list[dict[str, Any]]:
 
 def test_files_name_settings() -> None:
     assert len(NAMED) >= 10, NAMED
-    unknown = NAMED - SETTINGS - set(PENDING_SETTINGS)
+    unknown = NAMED - SETTINGS
     assert not unknown, f"not fields of service.settings.Settings: {sorted(unknown)}"
-
-
-@pytest.mark.parametrize("name", [pending(name, SETTINGS, PENDING_SETTINGS)
-                                  for name in sorted(set(PENDING_SETTINGS) & NAMED)])
-def test_pending_settings_exist(name: str) -> None:
-    assert name in SETTINGS
 
 
 def _environments(compose: dict[str, Any], k8s: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -209,8 +198,7 @@ def test_gateway_websockets_behind_the_ingress_are_routes() -> None:
 
 def test_webrtc_route_has_its_ingress() -> None:
     app = _app()
-    if not _has_route(app, "/sessions/abc/webrtc", method="POST"):
-        pytest.xfail("POST /sessions/{id}/webrtc not merged yet")
+    assert _has_route(app, "/sessions/abc/webrtc", method="POST")
 
 
 def test_worker_probes_are_routes(compose, k8s) -> None:

@@ -13,7 +13,7 @@ from .movinet import MoViNet, State
 from .registry import list_models, model_info
 from .specs import BLOCK_SPECS, ModelInfo, ModeSpec
 from .state import split_states, stack_states, state_from_bytes, state_to_bytes
-from .weights import available_weights, load_model, resolve_weights, save_weights
+from .io.weights import available_weights, load_model, resolve_weights, save_weights
 
 __all__ = [
     "BLOCK_SPECS",

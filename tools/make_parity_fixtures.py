@@ -512,7 +512,7 @@ def make_param_counts(out_dir: Path, spec_matches: dict[str, bool]) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# A multi-dtype checkpoint for testing model/tf_checkpoint.py
+# A multi-dtype checkpoint for testing model/io/tf_checkpoint.py
 
 
 def make_tf_checkpoint_fixture(out_dir: Path, seed: int) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.convert import convert_checkpoint
+from model.io.convert import convert_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 # All 12 official variants at 600 classes: `python tools/make_parity_fixtures.py --all --out DIR`

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import model
-from model.weights import read_metadata
+from model.io.weights import read_metadata
 
 from .helpers import randomized
 

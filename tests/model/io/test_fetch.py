@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import model
-from model.convert import convert_checkpoint
-from model.weights import main as weights_main
-from model.weights import read_metadata
+from model.io.convert import convert_checkpoint
+from model.io.fetch import main as weights_main
+from model.io.weights import read_metadata
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "test_stream" / "ckpt"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "test_stream" / "ckpt"
 NAME = "movinet_test_stream"
 
 

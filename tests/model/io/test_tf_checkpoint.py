@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.tf_checkpoint import crc32c, list_tf_variables, read_tf_checkpoint, resolve_checkpoint_prefix
+from model.io.tf_checkpoint import crc32c, list_tf_variables, read_tf_checkpoint, resolve_checkpoint_prefix
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 TINY = FIXTURES / "tf_checkpoint"
 PARITY = FIXTURES / "parity"
 VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"

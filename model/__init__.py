@@ -9,11 +9,11 @@ This package imports nothing from the service.
 
 from __future__ import annotations
 
+from .io.weights import available_weights, load_model, resolve_weights, save_weights
 from .movinet import MoViNet, State
 from .registry import list_models, model_info
 from .specs import BLOCK_SPECS, ModelInfo, ModeSpec
 from .state import split_states, stack_states, state_from_bytes, state_to_bytes
-from .io.weights import available_weights, load_model, resolve_weights, save_weights
 
 __all__ = [
     "BLOCK_SPECS",

@@ -8,7 +8,7 @@ The video (H.264 in .mp4, VP8 in .webm) and an optional raw yuv420p ``.y4m`` (wh
 ``--duration 600`` video never sits in memory. ``OUT.json`` holds fps, size, class names, the
 segments and one label per frame. Motion speeds are in real units (frame short sides per second,
 degrees per second), so the video resampled to the model's rate and size matches the training clips.
-The rendering lives in :mod:`model.datasets.motion`; this file only parses and writes.
+The rendering lives in :mod:`model.training.datasets.motion`; this file only parses and writes.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.datasets.motion import (  # noqa: E402
+from model.training.datasets.motion import (  # noqa: E402
     CLASS_INDEX,
     CLASSES,
     PHOTO_FILES,

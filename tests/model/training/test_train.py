@@ -5,9 +5,10 @@ import numpy as np
 import torch
 
 import model
-from model.datasets.motion import CLASSES, MotionConfig, MotionDataset, render_clip
-from model.train import MIRROR, REVERSE, augment, augmentations, label_permutation, main, prefix_loss
-from tests.datasets.test_motion import CLEAN, phase_shift
+from model.training.datasets.motion import CLASSES, MotionConfig, MotionDataset, render_clip
+from model.training.train import MIRROR, REVERSE, augment, augmentations, label_permutation, main, prefix_loss
+
+from .datasets.test_motion import CLEAN, phase_shift
 
 
 def test_a_few_training_steps_on_motion_clips_lower_the_loss():

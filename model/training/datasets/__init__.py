@@ -1,6 +1,6 @@
 """Datasets for training and evaluating the action models."""
 
-from model.datasets.motion import (
+from .motion import (
     CLASSES,
     HELDOUT_PHOTOS,
     TRAIN_PHOTOS,

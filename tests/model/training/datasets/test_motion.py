@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.datasets.motion import (
+from model.training.datasets.motion import (
     CLASS_INDEX,
     CLASSES,
     HELDOUT_PHOTOS,
@@ -33,7 +33,7 @@ from model.datasets.motion import (
     segment_frames,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 ASSETS = REPO / "tests" / "assets"
 CLEAN = MotionConfig().without_nuisances()
 

@@ -1,4 +1,4 @@
-"""``python -m model.convert CKPT_DIR OUT.safetensors --model NAME``: the command line of :mod:`model.io.convert`.
+"""``python -m model.convert CKPT_DIR OUT.safetensors --model NAME``: runs :mod:`model.io.convert`.
 
 Kept under this name because the documentation uses it; the code lives in :mod:`model.io`.
 """

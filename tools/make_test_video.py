@@ -8,7 +8,8 @@ The video (H.264 in .mp4, VP8 in .webm) and an optional raw yuv420p ``.y4m`` (wh
 ``--duration 600`` video never sits in memory. ``OUT.json`` holds fps, size, class names, the
 segments and one label per frame. Motion speeds are in real units (frame short sides per second,
 degrees per second), so the video resampled to the model's rate and size matches the training clips.
-The rendering lives in :mod:`model.training.datasets.motion`; this file only parses and writes.
+The rendering lives in :mod:`model.training.datasets.motion` and the encoding in
+:mod:`model.training.datasets.video`; this file only parses and writes.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from model.training.datasets.motion import (  # noqa: E402
     PHOTO_FILES,
     PROCEDURAL,
     MotionConfig,
-    VideoWriter,
     clip_source,
     iter_sequence,
     random_segments,
     segment_frames,
 )
+from model.training.datasets.video import VideoWriter  # noqa: E402
 
 
 def parse_segments(text: str) -> list[tuple[int, float]]:

@@ -1,4 +1,7 @@
-"""Datasets for training and evaluating the action models."""
+"""Data sets for training and evaluating the action models, and the video writer their tools use.
+
+:mod:`.motion` is the synthetic camera-motion data set; :mod:`.video` writes frames to video files.
+"""
 
 from .motion import (
     CLASSES,
@@ -6,14 +9,13 @@ from .motion import (
     TRAIN_PHOTOS,
     MotionConfig,
     MotionDataset,
-    VideoWriter,
     iter_sequence,
     random_segments,
     render_clip,
     render_sequence,
     segment_frames,
-    write_video,
 )
+from .video import VideoWriter, write_video
 
 __all__ = [
     "CLASSES",

@@ -45,25 +45,35 @@ class Slot:
         rows = self.active_rows()
         return max(rows, key=lambda r: self.counts[r])
 
-    def to_bytes(self, half: bool = False) -> bytes:
-        """Serialise the slot (states + counters) with the versioned state format."""
+    def to_tensors(self) -> tuple[State, dict]:
+        """The slot as flat tensors (``row{r}/<state name>``) and its counters: the one codec that
+        :meth:`to_bytes` and the service's checkpoints use."""
         tensors: State = {}
         for row, state in enumerate(self.states):
             for key, value in (state or {}).items():
                 tensors[f"row{row}/{key}"] = value
-        meta = {"window": self.window, "frames_seen": self.frames_seen, "counts": self.counts,
+        meta = {"window": self.window, "frames_seen": self.frames_seen, "counts": list(self.counts),
                 "rows": [state is not None for state in self.states]}
+        return tensors, meta
+
+    @classmethod
+    def from_tensors(cls, tensors: State, meta: dict | str) -> Slot:
+        info = json.loads(meta) if isinstance(meta, str) else meta
+        states: list[State | None] = []
+        for row, present in enumerate(info["rows"]):
+            prefix = f"row{row}/"
+            states.append({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)} if present else None)
+        return cls(window=info["window"], frames_seen=info["frames_seen"], states=states, counts=list(info["counts"]))
+
+    def to_bytes(self, half: bool = False) -> bytes:
+        """Serialise the slot (states + counters) with the versioned state format."""
+        tensors, meta = self.to_tensors()
         return state_to_bytes(tensors, half=half, metadata={"slot": json.dumps(meta)})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Slot:
         tensors, extra = state_and_metadata_from_bytes(data)
-        meta = json.loads(extra["slot"])
-        states: list[State | None] = []
-        for row, present in enumerate(meta["rows"]):
-            prefix = f"row{row}/"
-            states.append({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)} if present else None)
-        return cls(window=meta["window"], frames_seen=meta["frames_seen"], states=states, counts=list(meta["counts"]))
+        return cls.from_tensors(tensors, extra["slot"])
 
 
 class WindowedStream:

@@ -426,7 +426,7 @@ BLOCK_SPECS: dict[str, BackboneSpec] = {
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Facts about a model that travel with its weights (see :mod:`model.weights`)."""
+    """Facts about a model that travel with its weights (see :mod:`model.io.weights`)."""
 
     name: str
     backbone: str

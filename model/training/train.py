@@ -13,7 +13,8 @@ a horizontal mirror swaps pan left/right and the two rotations; playing a clip b
 every motion with its opposite; swapping the height and width axes turns pans into tilts and
 swaps the rotations. Checkpoints (``last.pt``) are written every epoch and ``--resume``
 continues from one. The result is a safetensors file with the label names, input size, frame
-rate and window in its metadata (:mod:`model.io.weights`). ``model/train.py`` only runs :func:`main`.
+rate and window in its metadata (:mod:`model.io.weights`). ``model/train.py`` only runs
+:func:`main`.
 """
 
 from __future__ import annotations

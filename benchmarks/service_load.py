@@ -35,7 +35,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.media import Resampler  # noqa: E402
+from service.sources.frames import Resampler  # noqa: E402
 
 DEFAULT_VIDEO = ROOT / "tests" / "assets" / "motion_test.mp4"
 

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.app import create_app
+    from service.api.app import create_app
     from service.logs import setup_logging
     from service.settings import Settings
 

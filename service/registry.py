@@ -63,6 +63,7 @@ class ModelRegistry:
     def catalog(self) -> list[dict[str, Any]]:
         """Every stream model with weights that can be loaded (no model is built for this)."""
         import model
+        from model.io.weights import read_metadata
 
         entries = []
         for name in model.list_models():
@@ -75,7 +76,7 @@ class ModelRegistry:
                 continue
             info = model.model_info(name)
             if weights[0] != RANDOM:  # the facts of trained weights travel in their file
-                meta = model.weights.read_metadata(model.resolve_weights(name, weights[0]))["info"]
+                meta = read_metadata(model.resolve_weights(name, weights[0]))["info"]
                 info = dataclasses.replace(info, **{k: meta[k] for k in ("input_size", "frame_rate", "clip_frames")})
             entry: dict[str, Any] = {
                 "name": name, "weights": weights, "default": name == self.default_model,

@@ -1,7 +1,9 @@
 """Session lifecycle on the gateway side: create, look up, authorise, list, delete, expire.
 
-Also tracks the open WebSockets of each session (:class:`ConnectionHub`) so that deleting or
-expiring a session, or shutting down, closes them with a documented code.
+Also the one frame producer of each session across gateway replicas (a ``/stream`` socket, an
+RTSP puller or a WebRTC peer, held in the :class:`~service.hub.ConnectionHub` here and in a
+producer slot of the store that other gateways respect), and the sources the server runs itself:
+:meth:`SessionService.start_camera` and :meth:`SessionService.open_webrtc`.
 """
 
 from __future__ import annotations
@@ -13,17 +15,26 @@ import json
 import logging
 import secrets
 import time
-from typing import Any, Protocol
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
 
-from service import rtsp
+from service import messages
+from service.api.schemas import LastResult, SessionCreate, SessionStatus
 from service.errors import ApiError, CloseCode
-from service.inference import InferenceLoop
+from service.hub import Closable, ConnectionHub
 from service.logs import kv
 from service.metrics import Metrics
+from service.options import BackpressureOptions, SessionOptions, SourceOptions, WindowOptions
 from service.registry import LoadedModel, ModelRegistry
-from service.schemas import LastResult, SessionCreate, SessionStatus
 from service.settings import Settings
-from service.store import STORE_ERRORS, SessionRecord, Store
+from service.sources.ingest import FrameSink
+from service.sources.rtsp import RtspPuller
+from service.sources.urls import RtspUrl, check_source
+from service.store import STORE_ERRORS, SessionRecord, SessionsFull, Store
+
+if TYPE_CHECKING:
+    from service.sources.webrtc import WebRtcPeer
+    from service.worker.loop import InferenceLoop
 
 log = logging.getLogger("service.sessions")
 
@@ -37,67 +48,9 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class Closable(Protocol):
-    async def close(self, code: int, reason: str, message: dict[str, Any] | None = None) -> None: ...
-
-
-class ConnectionHub:
-    """The sockets open on this gateway, per session: one frame producer, some watchers."""
-
-    def __init__(self) -> None:
-        self.streams: dict[str, Closable] = {}
-        self.watchers: dict[str, set[Closable]] = {}
-
-    def attach_stream(self, session_id: str, connection: Closable) -> bool:
-        if session_id in self.streams:
-            return False
-        self.streams[session_id] = connection
-        return True
-
-    def detach_stream(self, session_id: str, connection: Closable) -> None:
-        if self.streams.get(session_id) is connection:
-            del self.streams[session_id]
-
-    def add_watcher(self, session_id: str, connection: Closable, limit: int) -> bool:
-        watchers = self.watchers.setdefault(session_id, set())
-        if len(watchers) >= limit:
-            return False
-        watchers.add(connection)
-        return True
-
-    def remove_watcher(self, session_id: str, connection: Closable) -> None:
-        watchers = self.watchers.get(session_id)
-        if watchers is not None:
-            watchers.discard(connection)
-            if not watchers:
-                del self.watchers[session_id]
-
-    def connections(self, session_id: str | None = None) -> list[Closable]:
-        ids = [session_id] if session_id else list({*self.streams, *self.watchers})
-        found: list[Closable] = []
-        for sid in ids:
-            if sid in self.streams:
-                found.append(self.streams[sid])
-            found.extend(self.watchers.get(sid, ()))
-        return found
-
-    async def close_session(self, session_id: str, code: int, reason: str, message: dict | None = None) -> None:
-        await asyncio.gather(*(c.close(code, reason, message) for c in self.connections(session_id)),
-                             return_exceptions=True)
-
-    async def broadcast(self, session_id: str, message: dict[str, Any]) -> None:
-        """A message to the session's labels sockets (source events of an RTSP puller, say)."""
-        await asyncio.gather(*(w.send(message) for w in list(self.watchers.get(session_id, ()))),
-                             return_exceptions=True)
-
-    async def close_all(self, code: int, reason: str, message: dict | None = None) -> None:
-        await asyncio.gather(*(c.close(code, reason, message) for c in self.connections()),
-                             return_exceptions=True)
-
-
 class SessionService:
-    def __init__(self, settings: Settings, store: Store, registry: ModelRegistry, inference: InferenceLoop | None,
-                 metrics: Metrics):
+    def __init__(self, settings: Settings, store: Store, registry: ModelRegistry, metrics: Metrics,
+                 inference: InferenceLoop | None = None):
         self.settings = settings
         self.store = store
         self.registry = registry
@@ -133,8 +86,7 @@ class SessionService:
             return
         self.draining = True
         connections = len(self.hub.connections())
-        await self.hub.close_all(CloseCode.SERVICE_RESTART, "server shutting down",
-                                 {"type": "closing", "reason": "shutdown"})
+        await self.hub.close_all(CloseCode.SERVICE_RESTART, "server shutting down", messages.closing("shutdown"))
         log.info(kv("drained", connections=connections))
 
     async def _adopt_cameras_forever(self) -> None:
@@ -150,7 +102,7 @@ class SessionService:
                 while True:
                     records, cursor = await self.store.sessions.list(cursor, 200)
                     for record in records:
-                        if (record.options.get("source", {}).get("type") == "rtsp"
+                        if (record.options.source.type == "rtsp"
                                 and record.session_id not in self.hub.streams and "source_url" in record.extra):
                             await self._adopt_camera(record)
                     if not cursor:
@@ -161,11 +113,10 @@ class SessionService:
                 log.exception(kv("camera_takeover_failed"))
 
     async def _adopt_camera(self, record: SessionRecord) -> None:
-        source = {**record.options["source"], "url": record.extra["source_url"]}
         try:
-            camera = await rtsp.check_source(source, self.settings.rtsp_allow_private_addresses)
+            camera = await check_source(record.extra["source_url"], self.settings.rtsp_allow_private_addresses)
             loaded = await self.registry.load(record.model, record.weights)
-            await rtsp.start_puller(self, record, loaded, camera)
+            await self.start_camera(record, loaded, camera)
         except ApiError as exc:
             if exc.status != 409:  # 409: another gateway holds it (the usual case)
                 log.warning(kv("camera_takeover_refused", session_id=record.session_id, code=exc.code))
@@ -185,12 +136,10 @@ class SessionService:
 
     async def create(self, request: SessionCreate, source: str | None = None) -> tuple[SessionRecord, str, LoadedModel]:
         if await self.store.sessions.count() >= self.settings.max_sessions:
-            raise ApiError(429, "too_many_sessions",
-                           f"the server holds its maximum of {self.settings.max_sessions} sessions",
-                           headers={"Retry-After": "5"})
+            raise self._full()  # early, before loading a model; the create itself checks atomically
         camera = None
         if request.source.type == "rtsp":  # a refused camera URL makes no session
-            camera = await rtsp.check_source(request.source.model_dump(), self.settings.rtsp_allow_private_addresses)
+            camera = await check_source(request.source.url, self.settings.rtsp_allow_private_addresses)
         try:
             loaded = await self.registry.load(request.model, request.weights)
         except ApiError:
@@ -199,21 +148,9 @@ class SessionService:
             log.exception(kv("model_load_failed", model=request.model, weights=request.weights))
             raise ApiError(503, "model_unavailable", f"model could not be loaded: {exc}") from None
         self.metrics.model_loaded(loaded.name)
-        window = request.window
-        backpressure = request.backpressure
-        max_backlog = min(backpressure.max_backlog or self.settings.max_backlog, self.settings.max_backlog)
-        options = {
-            "source": request.source.model_dump(),
-            "top_k": min(request.top_k, len(loaded.labels)),
-            "min_score": request.min_score,
-            "smoothing": request.smoothing,
-            "window": {"policy": window.policy,
-                       "frames": None if window.policy == "unbounded" else (window.frames or loaded.clip_frames)},
-            "backpressure": {"policy": backpressure.policy or self.settings.drop_policy, "max_backlog": max_backlog},
-        }
+        options = self._options(request, loaded, camera)
         extra: dict[str, Any] = {}
         if camera is not None:  # options are returned and logged: the URL's secrets stay in `extra`
-            options["source"]["url"] = camera.redacted
             extra["source_url"] = camera.url
         idle_timeout = min(request.idle_timeout_s or self.settings.idle_timeout_s, self.settings.max_idle_timeout_s)
         token = secrets.token_urlsafe(24)
@@ -223,18 +160,43 @@ class SessionService:
             weights=loaded.weights, options=options, created_at=now, idle_timeout_s=idle_timeout,
             last_active_at=now, extra=extra,
         )
-        await self.store.sessions.create(record)
+        try:
+            await self.store.sessions.create(record, max_sessions=self.settings.max_sessions)
+        except SessionsFull:
+            raise self._full() from None
         if camera is not None:
             try:
-                await rtsp.start_puller(self, record, loaded, camera)
+                await self.start_camera(record, loaded, camera)
             except BaseException:
                 await self.store.delete_session(record.session_id)
                 raise
         self.metrics.sessions_created.labels(source or request.source.type).inc()
         self.metrics.sessions_active.set(await self.store.sessions.count())
         log.info(kv("session_created", session_id=record.session_id, model=loaded.name, weights=loaded.weights,
-                    options=json.dumps(options, separators=(",", ":"))))
+                    options=json.dumps(options.to_dict(), separators=(",", ":"))))
         return record, token, loaded
+
+    def _full(self) -> ApiError:
+        return ApiError(429, "too_many_sessions", f"the server holds its maximum of {self.settings.max_sessions} "
+                        "sessions", headers={"Retry-After": "5"})
+
+    def _options(self, request: SessionCreate, loaded: LoadedModel, camera: RtspUrl | None) -> SessionOptions:
+        """The request resolved against the model and the server's limits."""
+        window, backpressure = request.window, request.backpressure
+        source = request.source.model_dump()
+        if camera is not None:
+            source["url"] = camera.redacted
+        return SessionOptions(
+            source=SourceOptions(**source),
+            top_k=min(request.top_k, len(loaded.labels)),
+            min_score=request.min_score,
+            smoothing=request.smoothing,
+            window=WindowOptions(policy=window.policy, frames=None if window.policy == "unbounded"
+                                 else (window.frames or loaded.clip_frames)),
+            backpressure=BackpressureOptions(
+                policy=backpressure.policy or self.settings.drop_policy,
+                max_backlog=min(backpressure.max_backlog or self.settings.max_backlog, self.settings.max_backlog)),
+        )
 
     async def get(self, session_id: str) -> SessionRecord:
         record = await self.store.sessions.get(session_id)
@@ -276,11 +238,11 @@ class SessionService:
             state="streaming" if streaming else "idle",
             created_at=record.created_at, expires_at=record.expires_at,
             frames_received=record.frames_received, frames_processed=record.frames_processed,
-            frames_dropped=record.frames_dropped, backlog=await self.store.frames.backlog(record.session_id),
+            frames_dropped=record.frames_dropped, backlog=await self.store.streams.backlog(record.session_id),
             lag_ms=round(last.lag_ms, 2) if last else None,
             last_result=LastResult(seq=last.seq, pts=last.pts, frame_index=last.frame_index, labels=last.labels)
             if last else None,
-            options=record.options,
+            options=record.options.to_dict(),
             source=producer.status() if hasattr(producer, "status") else None,
         )
 
@@ -288,8 +250,7 @@ class SessionService:
         if await self.store.sessions.get(session_id) is None:
             return False
         await self.hub.close_session(session_id, CloseCode.GONE, f"session {reason}",
-                                     {"type": "error", "code": f"session_{reason}",
-                                      "message": f"the session was {reason}"})
+                                     messages.error(f"session_{reason}", f"the session was {reason}"))
         if self.inference is not None:
             self.inference.forget(session_id)
         existed = await self.store.delete_session(session_id)
@@ -338,3 +299,50 @@ class SessionService:
 
     async def touch(self, session_id: str) -> None:
         await self.store.sessions.touch(session_id, time.time())
+
+    # --- sources the server runs itself ------------------------------------------------------------
+
+    def sink(self, record: SessionRecord, report: Any = None) -> FrameSink:
+        """The frame sink of a new producer of ``record``'s session."""
+        async def to_watchers(code: str, message: str) -> None:
+            await self.hub.broadcast(record.session_id, messages.error(code, message))
+
+        return FrameSink(record, self.store, self.metrics, report or to_watchers, touch=self.touch)
+
+    async def start_camera(self, record: SessionRecord, loaded: LoadedModel, camera: RtspUrl) -> RtspPuller:
+        """Make an RTSP puller the session's frame producer and start it (409 when one is attached)."""
+        session_id = record.session_id
+
+        async def broadcast(message: dict[str, Any]) -> None:
+            await self.hub.broadcast(session_id, message)
+
+        async def stopped(puller: RtspPuller) -> None:
+            await self.detach_producer(session_id, puller)
+
+        puller = RtspPuller(self.sink(record), loaded, camera, record.options.source, self.settings, self.metrics,
+                            broadcast=broadcast, on_stopped=stopped)
+        if not await self.attach_producer(session_id, puller):  # the producer slot, across gateways
+            raise ApiError(409, "stream_in_use", "the session already has a frame producer")
+        puller.start()
+        return puller
+
+    async def open_webrtc(self, record: SessionRecord, loaded: LoadedModel, pool: Executor | None) -> WebRtcPeer:
+        """A WebRTC peer as the session's frame producer (409 when one is attached)."""
+        from service.sources.webrtc import WebRtcPeer  # aiortc is heavy: loaded on the first offer
+
+        session_id = record.session_id
+        if record.options.source.type == "rtsp":
+            raise ApiError(409, "source_conflict", "this session's frames come from its RTSP camera")
+
+        async def closed(peer: WebRtcPeer) -> None:
+            await self.detach_producer(session_id, peer)
+            self.metrics.sources_active.labels("webrtc").dec()
+
+        sink = self.sink(record)
+        peer = WebRtcPeer(sink, loaded, self.settings, self.store, self.metrics, pool, on_closed=closed)
+        sink.report = peer.report
+        if session_id in self.hub.streams or not await self.attach_producer(session_id, peer):
+            await peer.pc.close()
+            raise ApiError(409, "stream_in_use", "another client already streams frames into this session")
+        self.metrics.sources_active.labels("webrtc").inc()
+        return peer

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DropPolicy = Literal["drop_oldest", "newest_only"]
+from service.options import DropPolicy
 
 
 class Settings(BaseSettings):

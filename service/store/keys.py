@@ -1,8 +1,8 @@
 """Every Redis key name, in one place (used by :mod:`service.store.redis`).
 
 All keys of a session share the hash tag ``{<session_id>}`` so that a session's keys live in one
-Redis Cluster slot and one Lua script may touch them all (the scripts are cluster-safe; the service
-as a whole does not support Cluster yet, see service/store/redis.py).
+Redis Cluster slot and one Lua script may touch them all (the service as a whole does not
+support Cluster yet, see service/store/redis.py).
 """
 
 from __future__ import annotations
@@ -38,6 +38,3 @@ READY = f"{PREFIX}:ready"  # zset: sessions that may need a worker, scored by wh
 def producer(session_id: str) -> str:
     return f"{PREFIX}:{{{session_id}}}:producer"  # string with TTL: the socket that sends the frames
 
-
-def ingest(session_id: str) -> str:
-    return f"{PREFIX}:{{{session_id}}}:ingest"  # string with TTL: the gateway pulling the session's source

@@ -1,6 +1,8 @@
 """In-memory implementations of the store protocols (the embedded default, one process).
 
-All methods run on the event loop thread; none of them blocks.
+All methods run on the event loop thread; none of them blocks. The stream log updates a
+session's counters and appends its results through the public methods of the session store and
+the result log it is given (``update``, ``append``), as the Redis scripts update the session hash.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.store import Appended, DropPolicy, Frame, Lease, Result, SessionRecord, StaleLease, Store
+from service.store import Appended, Frame, Lease, Result, SessionRecord, SessionsFull, StaleLease, Store
 
 
 class MemorySessionStore:
@@ -20,15 +22,21 @@ class MemorySessionStore:
         self._records: OrderedDict[str, SessionRecord] = OrderedDict()  # creation order
         self._producers: dict[str, tuple[str, float]] = {}  # session -> (owner, expires, monotonic s)
 
-    async def create(self, record: SessionRecord) -> None:
+    async def create(self, record: SessionRecord, max_sessions: int | None = None) -> None:
         if record.session_id in self._records:
             raise KeyError(f"session {record.session_id} exists")
-        self._records[record.session_id] = record
+        if max_sessions is not None and len(self._records) >= max_sessions:
+            raise SessionsFull(f"{len(self._records)} sessions")
+        self._records[record.session_id] = dataclasses.replace(record, extra=dict(record.extra))
 
     async def get(self, session_id: str) -> SessionRecord | None:
         record = self._records.get(session_id)
         # A copy, as Redis would give: callers cannot change the store by accident.
-        return dataclasses.replace(record, options=dict(record.options), extra=dict(record.extra)) if record else None
+        return dataclasses.replace(record, extra=dict(record.extra)) if record else None
+
+    def update(self, session_id: str) -> SessionRecord | None:
+        """The live record, for the stream log's atomic updates in this process (None: deleted)."""
+        return self._records.get(session_id)
 
     async def list(self, cursor: str | None, limit: int) -> tuple[list[SessionRecord], str | None]:
         records = list(self._records.values())
@@ -109,7 +117,7 @@ class _Log:
         return self.lease is not None and self.lease[2] > now
 
 
-class MemoryFrameLog:
+class MemoryStreamLog:
     """Frame logs, leases and checkpoints of every session, in this process."""
 
     def __init__(self, sessions: MemorySessionStore, results: MemoryResultLog) -> None:
@@ -123,22 +131,25 @@ class MemoryFrameLog:
         self._wakeup.set()
         self._wakeup = asyncio.Event()
 
-    # --- FrameLog -------------------------------------------------------------------------------
+    # --- frames ---------------------------------------------------------------------------------
 
-    async def append(self, session_id: str, frame: Frame, *, max_backlog: int, policy: DropPolicy) -> Appended:
+    async def append(self, session_id: str, frame: Frame, *, keep: int) -> Appended:
+        record = self._sessions.update(session_id)
+        if record is None:
+            raise KeyError(f"session {session_id} is gone")
         log = self._logs.setdefault(session_id, _Log())
-        record = self._sessions._records.get(session_id)
-        if record is not None:  # the frame grid goes on after this frame, whatever happens to the socket
-            record.next_frame_index = max(record.next_frame_index, frame.frame_index + 1)
+        # The frame grid goes on after this frame, whatever happens to the socket.
+        record.next_frame_index = max(record.next_frame_index, frame.frame_index + 1)
         log.last_seq += 1
         frame.seq = log.last_seq
         log.frames.append(frame)
-        keep = 1 if policy == "newest_only" else max_backlog
         floor = max(log.processed_seq, log.taken_seq)
         pending = [f for f in log.frames if f.seq > floor]
         doomed = {f.seq for f in pending[: max(0, len(pending) - keep)]}
         if doomed:
             log.frames = deque(f for f in log.frames if f.seq not in doomed)
+        record.frames_received += 1
+        record.frames_dropped += len(doomed)
         log.due = True
         self._wake()
         return Appended(seq=frame.seq, dropped=len(doomed))
@@ -152,7 +163,10 @@ class MemoryFrameLog:
         self._checkpoints.pop(session_id, None)
         self._wake()
 
-    # --- WorkQueue ------------------------------------------------------------------------------
+    async def checkpoint(self, session_id: str) -> tuple[int, bytes] | None:
+        return self._checkpoints.get(session_id)
+
+    # --- leases -----------------------------------------------------------------------------------
 
     async def claim(self, worker_id: str, limit: int, ttl_ms: int) -> list[Lease]:
         now = time.monotonic()
@@ -174,7 +188,7 @@ class MemoryFrameLog:
     def _live(self, lease: Lease) -> _Log:
         log = self._logs.get(lease.session_id)
         if (log is None or log.lease is None or log.lease[:2] != (lease.worker_id, lease.token)
-                or log.lease[2] <= time.monotonic() or self._sessions._records.get(lease.session_id) is None):
+                or log.lease[2] <= time.monotonic() or self._sessions.update(lease.session_id) is None):
             raise StaleLease(f"lease {lease.token} on {lease.session_id} is no longer live")
         return log
 
@@ -209,10 +223,11 @@ class MemoryFrameLog:
                 pass
 
     async def commit(self, lease: Lease, results: list[Result], checkpoint: tuple[int, bytes] | None,
-                     ttl_ms: int) -> None:
+                     ttl_ms: int) -> int:
         log = self._live(lease)
         fresh = [r for r in results if r.seq > log.processed_seq]
-        record = self._sessions._records[lease.session_id]
+        record = self._sessions.update(lease.session_id)
+        assert record is not None  # _live checked it
         for result in fresh:
             result.dropped = record.frames_dropped
             await self._results.append(lease.session_id, result)
@@ -221,6 +236,7 @@ class MemoryFrameLog:
         if checkpoint is not None:
             self._save_checkpoint(lease.session_id, log, checkpoint)
         log.lease = (lease.worker_id, lease.token, time.monotonic() + ttl_ms / 1000.0)
+        return log.pending()
 
     def _save_checkpoint(self, session_id: str, log: _Log, checkpoint: tuple[int, bytes]) -> None:
         seq, data = checkpoint
@@ -311,20 +327,7 @@ class MemoryResultLog:
             event.set()
 
 
-class MemoryCheckpointStore:
-    def __init__(self, frames: MemoryFrameLog) -> None:
-        self._frames = frames
-
-    async def load(self, session_id: str) -> tuple[int, bytes] | None:
-        return self._frames._checkpoints.get(session_id)
-
-    async def delete(self, session_id: str) -> None:
-        self._frames._checkpoints.pop(session_id, None)
-
-
 def memory_store(results_cap: int = 1000) -> Store:
     sessions = MemorySessionStore()
     results = MemoryResultLog(results_cap)
-    frames = MemoryFrameLog(sessions, results)
-    return Store(sessions=sessions, frames=frames, results=results, checkpoints=MemoryCheckpointStore(frames),
-                 work=frames, kind="memory")
+    return Store(sessions=sessions, streams=MemoryStreamLog(sessions, results), results=results, kind="memory")

@@ -1,5 +1,7 @@
 """The Redis implementation of the store protocols: gateways and workers share nothing else.
 
+The atomic steps are the Lua scripts of :mod:`service.store.redis_scripts`.
+
 Per session (all keys share the hash tag ``{<session_id>}``, see :mod:`service.store.keys`):
 
 * ``session``: a hash with the :class:`SessionRecord` fields plus the progress counters
@@ -16,9 +18,10 @@ the time from which a worker should look at them: a held session's score is its 
 so when a worker dies its sessions become due by themselves).
 
 Every change to a session's keys that must be atomic is one Lua script over that session's keys
-only (cluster-safe scripts; the multi-key ``XREAD`` in :meth:`RedisWorkQueue.take_next` and the
-cross-session pipelines are not, so Redis Cluster is not supported yet); the global zsets are hints, updated next to the scripts, and
-every race on them ends with the session listed (see :meth:`RedisWorkQueue._settle`).
+(and, for create, touch and append, the global zset that lists it). The multi-key ``XREAD`` in
+:meth:`RedisStreamLog.take_next`, the cross-session pipelines and the global zsets are why Redis
+Cluster is not supported yet. The ready set is a hint: every race on it ends with the session
+listed (see :meth:`RedisStreamLog._settle`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from service.store import Appended, DropPolicy, Frame, Lease, Result, SessionRecord, StaleLease, Store, keys
+from service.options import SessionOptions
+from service.store import Appended, Frame, Lease, Result, SessionRecord, SessionsFull, StaleLease, Store, keys
+from service.store import redis_scripts as lua
 
 log = logging.getLogger("service.store.redis")
 
@@ -50,6 +55,8 @@ def _session_keys(session_id: str) -> list[str]:
 
 
 def _encode(name: str, value: Any) -> str:
+    if name == "options":
+        return json.dumps(value.to_dict(), separators=(",", ":"))
     if name in _JSON_FIELDS:
         return json.dumps(value, separators=(",", ":"))
     if name in _FLOAT_FIELDS:
@@ -58,15 +65,28 @@ def _encode(name: str, value: Any) -> str:
 
 
 def _decode_record(raw: dict[bytes, bytes]) -> SessionRecord | None:
+    """The record, or None when there is none — or it cannot be read: one bad record must not
+    break a listing or a scan (it is logged and left to expire)."""
     if not raw or b"token_hash" not in raw:
         return None
+    try:
+        return _parse_record(raw)
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        log.warning("event=session_record_unreadable session_id=%s error=%r",
+                    raw.get(b"session_id", b"?").decode(errors="replace")[:64], exc)
+        return None
+
+
+def _parse_record(raw: dict[bytes, bytes]) -> SessionRecord:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.decode()
         if name not in _RECORD_FIELDS:
             continue
         text = value.decode()
-        if name in _JSON_FIELDS:
+        if name == "options":
+            values[name] = SessionOptions.from_dict(json.loads(text))
+        elif name in _JSON_FIELDS:
             values[name] = json.loads(text)
         elif name in _INT_FIELDS:
             values[name] = int(text)
@@ -101,179 +121,11 @@ def _result_payload(result: Result) -> str:
                       separators=(",", ":"))
 
 
-# --- Lua: each script touches one session's keys only ------------------------------------------
-
-# KEYS: session. ARGV: field, value, ... Creates the record unless it exists.
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
-"""
-
-# KEYS: session. ARGV: field, delta, ... (no-op on a deleted session)
-_ADD = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
-"""
-
-# KEYS: session. ARGV: field, value, ...
-_SET = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
-"""
-
-# KEYS: session, frames, results, checkpoint. ARGV: now, grace_s. Returns the new idle deadline.
-_TOUCH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local now = tonumber(ARGV[1])
-local last = tonumber(redis.call('HGET', KEYS[1], 'last_active_at') or '0')
-if now > last then
-  redis.call('HSET', KEYS[1], 'last_active_at', ARGV[1])
-  last = now
-end
-local timeout = tonumber(redis.call('HGET', KEYS[1], 'idle_timeout_s') or '60')
-local ttl = math.floor((timeout + tonumber(ARGV[2])) * 1000)
-for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
-return tostring(last + timeout)
-"""
-
-# Frames after the committed progress, counted (no payload leaves the server).
-_PENDING_LUA = """
-local function pending(session, frames, limit)
-  local processed = redis.call('HGET', session, 'processed_seq') or '0'
-  return redis.call('XRANGE', frames, '(' .. processed .. '-0', '+', 'COUNT', limit)
-end
-"""
-
-# KEYS: session, frames. ARGV: keep, pts, frame_index, received_at, height, width, data.
-# Returns {seq, dropped}; {-1, 0} when the session is gone.
-_APPEND = _PENDING_LUA + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
-local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
--- The session's frame grid goes on after this frame, even if the gateway dies before it says so.
-if tonumber(ARGV[3]) + 1 > tonumber(redis.call('HGET', KEYS[1], 'next_frame_index') or '0') then
-  redis.call('HSET', KEYS[1], 'next_frame_index', tonumber(ARGV[3]) + 1)
-end
-redis.call('XADD', KEYS[2], seq .. '-0', 'pts', ARGV[2], 'fi', ARGV[3], 't', ARGV[4], 'h', ARGV[5],
-           'w', ARGV[6], 'data', ARGV[7])
-local keep = tonumber(ARGV[1])
-local taken = redis.call('HGET', KEYS[1], 'taken_seq') or '0'
-local waiting = pending(KEYS[1], KEYS[2], keep + 1000)
-while #waiting > 0 and tonumber(string.match(waiting[1][1], '^%d+')) <= tonumber(taken) do
-  table.remove(waiting, 1)
-end
-local dropped = 0
-for i = 1, #waiting - keep do
-  redis.call('XDEL', KEYS[2], waiting[i][1])
-  dropped = dropped + 1
-end
-return {seq, dropped}
-"""
-
-# KEYS: session, frames. Returns the number of frames after the committed progress.
-_BACKLOG = _PENDING_LUA + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-return #pending(KEYS[1], KEYS[2], 100000)
-"""
-
-# KEYS: session, lease, checkpoint, frames. ARGV: worker, ttl_ms.
-_CLAIM = _PENDING_LUA + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
-local ttl = redis.call('PTTL', KEYS[2])
-if ttl > 0 then return {'held', ttl} end
-if #pending(KEYS[1], KEYS[4], 1) == 0 then return {'idle'} end
-local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
-redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
-local processed = redis.call('HGET', KEYS[1], 'processed_seq') or '0'
-local checkpoint = redis.call('HMGET', KEYS[3], 'seq', 'data')
-return {'ok', token, processed, checkpoint[1] or '0', checkpoint[2] or ''}
-"""
-
-# KEYS: session, lease, frames. ARGV: owner, cursor. The first frame after the cursor, marked taken;
-# {} when there is none yet, -1 when the lease is stale.
-_TAKE = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-local entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[2] .. '-0', '+', 'COUNT', 1)
-if #entries == 0 then return {} end
-local seq = tonumber(string.match(entries[1][1], '^%d+'))
-if seq > tonumber(redis.call('HGET', KEYS[1], 'taken_seq') or '0') then
-  redis.call('HSET', KEYS[1], 'taken_seq', seq)
-end
-return entries[1]
-"""
-
-_SAVE_CHECKPOINT_LUA = """
-local function save_checkpoint(checkpoint, frames, seq, data, owner)
-  if tonumber(seq) > 0 then
-    redis.call('HSET', checkpoint, 'seq', seq, 'data', data, 'owner', owner)
-    redis.call('XTRIM', frames, 'MINID', (tonumber(seq) + 1) .. '-0')
-  end
-end
-"""
-
-# KEYS: session, lease, results, frames, checkpoint.
-# ARGV: owner, ttl_ms, results_cap, checkpoint_seq (0 = none), checkpoint_data, then seq, result...
-# Returns the number of results appended, or -1 (stale lease / session gone: nothing changed).
-_COMMIT = _SAVE_CHECKPOINT_LUA + """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local processed = tonumber(redis.call('HGET', KEYS[1], 'processed_seq') or '0')
-local dropped = redis.call('HGET', KEYS[1], 'frames_dropped') or '0'
-local appended = 0
-for i = 6, #ARGV, 2 do
-  local seq = tonumber(ARGV[i])
-  if seq > processed then
-    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], seq .. '-0', 'r', ARGV[i + 1], 'd', dropped)
-    processed = seq
-    appended = appended + 1
-  end
-end
-if appended > 0 then
-  redis.call('HSET', KEYS[1], 'processed_seq', processed)
-  redis.call('HINCRBY', KEYS[1], 'frames_processed', appended)
-end
-save_checkpoint(KEYS[5], KEYS[4], ARGV[4], ARGV[5], ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return appended
-"""
-
-# KEYS: producer. ARGV: owner, ttl_ms. Take or renew the slot; 0 when another owner holds it.
-_PRODUCER = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# KEYS: producer. ARGV: owner.
-_UNPRODUCE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-"""
-
-# KEYS: lease. ARGV: owner, ttl_ms.
-_RENEW = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-# KEYS: session, lease, checkpoint, frames. ARGV: owner, checkpoint_seq, checkpoint_data.
-# Returns the frames still waiting, or -1 when the lease was already lost.
-_RELEASE = _SAVE_CHECKPOINT_LUA + _PENDING_LUA + """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-save_checkpoint(KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[1])
-redis.call('DEL', KEYS[2])
-return #pending(KEYS[1], KEYS[4], 1)
-"""
-
-
 class _Scripts:
     def __init__(self, client: aioredis.Redis) -> None:
         for name in ("CREATE", "ADD", "SET", "TOUCH", "APPEND", "BACKLOG", "CLAIM", "TAKE", "COMMIT", "RENEW", "RELEASE",
                      "PRODUCER", "UNPRODUCE"):
-            setattr(self, name.lower(), client.register_script(globals()[f"_{name}"]))
+            setattr(self, name.lower(), client.register_script(getattr(lua, name)))
 
 
 class RedisSessionStore:
@@ -281,18 +133,18 @@ class RedisSessionStore:
         self._r = client
         self._s = scripts
 
-    async def create(self, record: SessionRecord) -> None:
-        values: list[str] = []
-        for name, value in record.to_dict().items():
-            values += [name, _encode(name, value)]
+    async def create(self, record: SessionRecord, max_sessions: int | None = None) -> None:
+        sid = record.session_id
+        values: list[Any] = [sid, max_sessions or 0, repr(record.created_at), repr(record.expires_at)]
+        for f in fields(SessionRecord):
+            values += [f.name, _encode(f.name, getattr(record, f.name))]
         values += ["last_seq", "0", "processed_seq", "0", "fence", "0"]
-        if not await self._s.create(keys=[keys.session(record.session_id)], args=values):
-            raise KeyError(f"session {record.session_id} exists")
-        async with self._r.pipeline(transaction=False) as pipe:
-            pipe.zadd(keys.SESSIONS_BY_CREATION, {record.session_id: record.created_at})
-            pipe.zadd(keys.EXPIRY, {record.session_id: record.expires_at})
-            await pipe.execute()
-        await self.touch(record.session_id, record.last_active_at)
+        created = await self._s.create(keys=[keys.session(sid), keys.SESSIONS_BY_CREATION, keys.EXPIRY], args=values)
+        if created == 0:
+            raise KeyError(f"session {sid} exists")
+        if created < 0:
+            raise SessionsFull(f"the store holds {max_sessions} sessions")
+        await self.touch(sid, record.last_active_at)
 
     async def get(self, session_id: str) -> SessionRecord | None:
         return _decode_record(await self._r.hgetall(keys.session(session_id)))
@@ -342,10 +194,7 @@ class RedisSessionStore:
         return bool(deleted)
 
     async def touch(self, session_id: str, now: float) -> None:
-        session_keys = _session_keys(session_id)[:4]
-        deadline = await self._s.touch(keys=session_keys, args=[repr(now), KEY_GRACE_S])
-        if deadline is not None:
-            await self._r.zadd(keys.EXPIRY, {session_id: float(deadline)})
+        await self._s.touch(keys=[*_session_keys(session_id)[:4], keys.EXPIRY], args=[repr(now), KEY_GRACE_S, session_id])
 
     async def add_counters(self, session_id: str, **deltas: int) -> None:
         args: list[Any] = []
@@ -381,40 +230,35 @@ class RedisSessionStore:
         await self._s.unproduce(keys=[keys.producer(session_id)], args=[owner])
 
 
-class RedisFrameLog:
-    def __init__(self, client: aioredis.Redis, scripts: _Scripts) -> None:
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RedisStreamLog:
+    def __init__(self, client: aioredis.Redis, scripts: _Scripts, results_cap: int) -> None:
         self._r = client
         self._s = scripts
+        self._cap = results_cap
 
-    async def append(self, session_id: str, frame: Frame, *, max_backlog: int, policy: DropPolicy) -> Appended:
-        keep = 1 if policy == "newest_only" else max_backlog
+    async def append(self, session_id: str, frame: Frame, *, keep: int) -> Appended:
         seq, dropped = await self._s.append(
-            keys=[keys.session(session_id), keys.frames(session_id)],
+            keys=[keys.session(session_id), keys.frames(session_id), keys.READY],
             args=[keep, "" if frame.pts is None else repr(frame.pts), frame.frame_index, repr(frame.received_at),
-                  frame.height, frame.width, frame.data])
+                  frame.height, frame.width, frame.data, str(int(frame.frame_index) + 1), session_id, _now_ms()])
         if seq < 0:
             raise KeyError(f"session {session_id} is gone")
         frame.seq = int(seq)
-        # After the frame is in the log: a worker that ZREMs the session before this sees it.
-        await self._r.zadd(keys.READY, {session_id: _now_ms()}, nx=True)
         return Appended(seq=int(seq), dropped=int(dropped))
 
     async def backlog(self, session_id: str) -> int:
         return int(await self._s.backlog(keys=[keys.session(session_id), keys.frames(session_id)]))
 
+    async def checkpoint(self, session_id: str) -> tuple[int, bytes] | None:
+        seq, data = await self._r.hmget(keys.checkpoint(session_id), ["seq", "data"])
+        return (int(seq), bytes(data)) if seq is not None else None
+
     async def delete(self, session_id: str) -> None:
-        await self._r.delete(keys.frames(session_id))
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class RedisWorkQueue:
-    def __init__(self, client: aioredis.Redis, scripts: _Scripts, results_cap: int) -> None:
-        self._r = client
-        self._s = scripts
-        self._cap = results_cap
+        await self._r.delete(keys.frames(session_id), keys.checkpoint(session_id), keys.lease(session_id))
 
     @staticmethod
     def _owner(lease: Lease) -> str:
@@ -489,18 +333,19 @@ class RedisWorkQueue:
         return await self._take({sid: cursors[sid] for sid in arrived if sid in cursors}) if arrived else {}
 
     async def commit(self, lease: Lease, results: list[Result], checkpoint: tuple[int, bytes] | None,
-                     ttl_ms: int) -> None:
+                     ttl_ms: int) -> int:
         sid = lease.session_id
         args: list[Any] = [self._owner(lease), ttl_ms, self._cap, checkpoint[0] if checkpoint else 0,
                            checkpoint[1] if checkpoint else b""]
         for result in results:
             args += [result.seq, _result_payload(result)]
-        appended = await self._s.commit(
+        backlog = await self._s.commit(
             keys=[keys.session(sid), keys.lease(sid), keys.results(sid), keys.frames(sid), keys.checkpoint(sid)],
             args=args)
-        if appended < 0:
+        if backlog < 0:
             raise StaleLease(f"lease {lease.token} on {sid} is no longer live")
         await self._r.zadd(keys.READY, {sid: _now_ms() + ttl_ms}, xx=True)
+        return int(backlog)
 
     async def renew(self, leases: list[Lease], ttl_ms: int) -> list[bool]:
         if not leases:
@@ -572,18 +417,6 @@ class RedisResultLog:
         await self._r.delete(keys.results(session_id))
 
 
-class RedisCheckpointStore:
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._r = client
-
-    async def load(self, session_id: str) -> tuple[int, bytes] | None:
-        seq, data = await self._r.hmget(keys.checkpoint(session_id), ["seq", "data"])
-        return (int(seq), bytes(data)) if seq is not None else None
-
-    async def delete(self, session_id: str) -> None:
-        await self._r.delete(keys.checkpoint(session_id))
-
-
 class RedisStore(Store):
     async def ping(self) -> bool:
         try:
@@ -605,9 +438,8 @@ def redis_store(url: str, results_cap: int = 1000, socket_timeout: float = 30.0)
                                socket_timeout=socket_timeout, health_check_interval=15)
     scripts = _Scripts(client)
     store = RedisStore(
-        sessions=RedisSessionStore(client, scripts), frames=RedisFrameLog(client, scripts),
-        results=RedisResultLog(client, results_cap), checkpoints=RedisCheckpointStore(client),
-        work=RedisWorkQueue(client, scripts, results_cap), kind="redis",
+        sessions=RedisSessionStore(client, scripts), streams=RedisStreamLog(client, scripts, results_cap),
+        results=RedisResultLog(client, results_cap), kind="redis",
     )
     store.client = client
     return store

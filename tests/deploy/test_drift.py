@@ -155,7 +155,7 @@ def test_entrypoint_is_the_installed_script() -> None:
 # --- routes ----------------------------------------------------------------------------------------
 
 def _app(role: str | None = None):
-    from service.app import create_app
+    from service.api.app import create_app
     from service.settings import Settings
 
     if role is None:

@@ -94,7 +94,7 @@ def run_server(draining: bool = True, wait_ready: bool = True, **overrides: Any)
     """A real server on a free port; ``draining``: the server class `movinet-service serve` runs."""
     import uvicorn
 
-    from service.app import create_app
+    from service.api.app import create_app
     from service.cli import DrainingServer
     from service.settings import Settings
 
@@ -206,7 +206,8 @@ def reference_probs(loaded: Any, frames_rgb: list[np.ndarray], window: int | Non
 
 def fitted(loaded: Any, frame: np.ndarray) -> np.ndarray:
     """What the service's image path makes of a frame (JPEG round trip included)."""
-    from service.media import decode_image, fit_frame
+    from service.sources.decode import decode_image
+    from service.sources.frames import fit_frame
 
     return fit_frame(decode_image(jpeg(frame), 10**9), loaded.input_size, loaded.short_side)
 

@@ -1,9 +1,10 @@
-"""Decoding, resampling by timestamps and resizing, without a server."""
+"""Decoding, resampling by timestamps and resizing, without a server: the decoder thread runs
+into a real FramePipe and FrameSink on the in-memory store."""
 
 from __future__ import annotations
 
+import asyncio
 import io
-import threading
 
 import av
 import numpy as np
@@ -11,8 +12,10 @@ import pytest
 from PIL import Image
 
 from service.errors import MediaError
-from service.media import Resampler, VideoStreamDecoder, decode_image, fit_frame, resized_dims, sniff
+from service.sources.decode import VideoStreamDecoder, decode_image, sniff
+from service.sources.frames import Resampler, fit_frame, resized_dims
 from tests.service.conftest import encode_video, jpeg, moving_frames
+from tests.service.pipeline import pipeline
 
 
 def test_resampler_keeps_one_frame_per_model_slot_by_pts():
@@ -74,41 +77,45 @@ def test_fit_frame_matches_the_model_preprocessing(height, width):
     assert np.abs(fast - exact).mean() < 4.0  # of 255: the same picture, filters differ slightly
 
 
-def _decode_chunks(data: bytes, chunk: int = 1000, **kwargs):
-    events, done = [], threading.Event()
+def _decode_chunks(data: bytes, chunk: int = 1000, max_pixels: int = 10**8, **kwargs):
+    """Feed ``data`` to a decoder thread; the frames the store logged and the errors reported."""
 
-    def emit(kind, payload):
-        events.append((kind, payload))
-        if kind == "end":
-            done.set()
+    async def scenario():
+        async with pipeline() as (sink, store, reports):
+            from service.sources.pipe import FramePipe
 
-    decoder = VideoStreamDecoder(5.0, 64, 10**8, emit, short_side=72, **kwargs)
-    decoder.start()
-    for i in range(0, len(data), chunk):
-        decoder.feed(data[i : i + chunk])
-    decoder.end()
-    assert done.wait(20)
-    return events
+            pipe = FramePipe(sink, "video", capacity=4, overflow="block")
+            decoder = VideoStreamDecoder(pipe, 5.0, 64, max_pixels, short_side=72, **kwargs)
+            decoder.start()
+            for i in range(0, len(data), chunk):
+                decoder.feed(data[i : i + chunk])
+            decoder.end()
+            await asyncio.wait_for(pipe.wait_ended(), 20)
+            return await store.streams.frames_after(sink.session_id, 0), reports, decoder
+
+    return asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("container", ["webm", "fmp4"])
 def test_video_decoder_resamples_containers_by_pts(container):
-    events = _decode_chunks(encode_video(moving_frames(30), fps=15, container=container))
-    frames = [payload for kind, payload in events if kind == "frame"]
-    assert [f.slot for f in frames] == list(range(10))
+    frames, reports, decoder = _decode_chunks(encode_video(moving_frames(30), fps=15, container=container))
+    assert [f.frame_index for f in frames] == list(range(10))
     assert [f.pts for f in frames] == pytest.approx([k / 5 for k in range(10)])
-    assert frames[0].rgb.shape == (64, 64, 3) and events[-1] == ("end", 30)
+    assert (frames[0].height, frames[0].width) == (64, 64) and reports == [] and not decoder.failed
 
 
 def test_video_decoder_times_raw_h264_by_declared_rate_and_rejects_large_frames():
     data = encode_video(moving_frames(20), fps=10, container="h264")
-    frames = [p for k, p in _decode_chunks(data, stream_fps=10) if k == "frame"]
+    frames, _, _ = _decode_chunks(data, stream_fps=10)
     assert [f.pts for f in frames] == pytest.approx([k / 5 for k in range(10)])
-    events: list = []
-    decoder = VideoStreamDecoder(5.0, 64, 100 * 100, lambda k, p: events.append((k, p)))
-    decoder.start()
-    decoder.feed(data)
-    decoder.end()
-    decoder.join(10)
-    assert events[0][0] == "fatal" and events[0][1].code == "frame_too_large"
-    assert events[-1][0] == "end"
+    frames, reports, decoder = _decode_chunks(data, max_pixels=100 * 100)
+    assert frames == [] and decoder.failed
+    assert [code for code, _ in reports] == ["frame_too_large"]
+
+
+def test_video_decoder_refuses_a_huge_declared_size_before_decoding():
+    """A WebM whose track header declares 16000x16000 is refused from the header: no picture of
+    that size is ever allocated (checked on the coded size the demuxer parsed)."""
+    data = encode_video(moving_frames(6), fps=5, container="webm")
+    frames, reports, decoder = _decode_chunks(data, max_pixels=32 * 32)
+    assert frames == [] and decoder.failed and [code for code, _ in reports] == ["frame_too_large"]

@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from service.rtsp import SourceRefused, address_allowed, parse_url, redact
+from service.sources.urls import SourceRefused, address_allowed, parse_url, redact
 from tests.service.conftest import run_server
 from tests.service.sources import (
     CLIP_S,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from service.media import Resampler, fit_frame
+from service.sources.frames import Resampler, fit_frame
 from tests.service.conftest import (
     collect_until_close,
     encode_video,
@@ -115,26 +115,34 @@ def test_raw_h264_without_timestamps_uses_the_declared_frame_rate(server):
     assert [r["pts"] for r in results] == pytest.approx([k / 5 for k in range(15)])
 
 
-def test_two_sessions_in_parallel_get_their_own_labels(server):
-    """Batched together in one forward, each session still equals its own single-stream run."""
-    loaded = server.loaded()
-    videos = [moving_frames(30, direction="right", seed=4), moving_frames(30, direction="up", seed=5)]
-    pts = [i / 5 for i in range(30)]
-    sessions = [server.create(top_k=4), server.create(top_k=4)]
+def test_two_sessions_in_parallel_get_their_own_labels(plumbing_weights):
+    """Batched together in one forward, each session still equals its own single-stream run.
 
-    async def run():
-        return await asyncio.gather(*(_stream_images(server, s, v, pts, pace_s=0.02)
-                                      for s, v in zip(sessions, videos, strict=True)))
+    ``batch_wait_ms`` (the setting under test) lets the worker wait for the other session's frame,
+    so that the forwards really hold both sessions."""
+    from tests.service.conftest import run_server
 
-    outcomes = asyncio.run(run())
-    batch_sizes = server.app.state.metrics.batch_size.labels(loaded.name)._sum.get()
+    with run_server(batch_wait_ms=40, max_backlog=64) as server:
+        loaded = server.loaded()
+        videos = [moving_frames(30, direction="right", seed=4), moving_frames(30, direction="up", seed=5)]
+        pts = [i / 5 for i in range(30)]
+        sessions = [server.create(top_k=4), server.create(top_k=4)]
+
+        async def run():
+            return await asyncio.gather(*(_stream_images(server, s, v, pts, pace_s=0.02)
+                                          for s, v in zip(sessions, videos, strict=True)))
+
+        outcomes = asyncio.run(run())
+        histogram = {s.name: s.value for s in server.app.state.metrics.batch_size.collect()[0].samples
+                     if s.labels.get("model") == loaded.name}
     for (messages, code), video in zip(outcomes, videos, strict=True):
         assert code == 1000
         results = results_of(messages)
         assert_matches_reference(results, reference_probs(loaded, [fitted(loaded, f) for f in video]))
     labels = [[r["labels"] for r in results_of(m)] for m, _ in outcomes]
     assert all(a != b for a, b in zip(*labels, strict=True))
-    assert batch_sizes > 0
+    forwards, rows = histogram["movinet_batch_size_count"], histogram["movinet_batch_size_sum"]
+    assert rows == 60 and forwards < 45  # every frame once, most forwards with both sessions
 
 
 def test_labels_socket_sees_the_same_results(server):
@@ -180,22 +188,22 @@ def test_a_second_stream_continues_the_session_frame_grid(server):
 
 def test_state_checkpoints_go_to_the_store_as_bytes(plumbing_weights):
     """Every K frames the worker writes the session's state bytes (a safetensors checkpoint)."""
-    from service import checkpoint
+    from service.worker.runner import decode_checkpoint
     from tests.service.conftest import run_server
 
     with run_server(checkpoint_every=4, max_backlog=64) as server:
         session = server.create()
         asyncio.run(_stream_images(server, session, moving_frames(10, seed=10), [i / 5 for i in range(10)]))
         store = server.app.state.store
-        future = asyncio.run_coroutine_threadsafe(store.checkpoints.load(session["session_id"]),
+        future = asyncio.run_coroutine_threadsafe(store.streams.checkpoint(session["session_id"]),
                                                   server.app.state.loop)
         seq, data = future.result(5)
     assert seq == 8
-    slot, state, smoothed = checkpoint.decode(data)
+    slot, state, smoothed = decode_checkpoint(data)
     assert slot.frames_seen == 8 and slot.window == server.loaded().clip_frames and state is None
     assert slot.states[0]["state_head_pool_buffer"].shape[0] == 1
     with pytest.raises(ValueError):
-        checkpoint.decode(b"not a checkpoint")
+        decode_checkpoint(b"not a checkpoint")
 
 
 def test_the_browser_page_is_served(server):

@@ -1,16 +1,19 @@
-"""HTTP routes. Thin: parse, call one function of :class:`SessionService`, return a schema."""
+"""HTTP routes. Thin: parse, call one function of :class:`SessionService`, return a schema.
+
+``POST /sessions/{id}/webrtc`` is here too: it answers an SDP offer with a
+:class:`~service.sources.webrtc.WebRtcPeer` that the session service attaches as the producer.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.errors import ApiError
-from service.registry import ModelRegistry
-from service.schemas import (
+from service.api.schemas import (
     ErrorResponse,
     ModelEntry,
     ModelLabels,
@@ -20,8 +23,14 @@ from service.schemas import (
     SessionPage,
     SessionStatus,
 )
+from service.errors import ApiError
+from service.logs import kv
+from service.registry import ModelRegistry
 from service.sessions import SessionService
 from service.settings import Settings
+from service.sources.webrtc import RtcAnswer, RtcOffer
+
+log = logging.getLogger("service.api.routes")
 
 
 def _service(request: Request) -> SessionService:
@@ -153,3 +162,27 @@ async def readyz(request: Request) -> JSONResponse:
 @ops.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@sessions.post("/sessions/{session_id}/webrtc", response_model=RtcAnswer, summary="Stream a session over WebRTC",
+               description="Takes an SDP offer with a video track (and a data channel labelled `labels` for the "
+               "results) and returns the answer. Needs the session's token or an API key. One frame producer "
+               "per session: 409 while a `/stream` socket, a camera or another peer feeds it.")
+async def offer(session_id: str, body: RtcOffer, request: Request, service: Service, bearer: Bearer,
+                api_key: ApiKey, token: TokenQuery = None) -> RtcAnswer:
+    record = await service.get(session_id)
+    service.check_token(record, token or bearer, api_key)
+    if service.draining:
+        raise ApiError(503, "draining", "the server is shutting down")
+    loaded = await service.registry.load(record.model, record.weights)
+    peer = await service.open_webrtc(record, loaded, request.app.state.image_pool)
+    try:
+        answer = await peer.answer(body)
+    except ApiError:
+        await peer.close(reason="bad_offer")
+        raise
+    except Exception as exc:  # aiortc refuses SDP with ValueError and friends
+        await peer.close(reason="bad_offer")
+        raise ApiError(422, "bad_offer", f"cannot answer this offer: {exc}") from None
+    log.info(kv("webrtc_answered", session_id=session_id))
+    return RtcAnswer(sdp=answer.sdp, type="answer")

@@ -20,17 +20,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import api, webrtc, ws
+from service.api import routes, sockets
 from service.errors import ApiError
-from service.inference import InferenceLoop
 from service.logs import kv
 from service.metrics import Metrics
-from service.registry import ModelRegistry
+from service.registry import ModelRegistry, resolve_device
 from service.sessions import SessionService
 from service.settings import Settings
 from service.store import STORE_ERRORS, create_store
+from service.worker.loop import InferenceLoop
 
-log = logging.getLogger("service.app")
+log = logging.getLogger("service.api.app")
 
 DESCRIPTION = """Live action recognition on video streams with MoViNet stream models.
 
@@ -69,8 +69,6 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     if role != "serve" and not settings.redis_url:
         raise ValueError(f"the {role} role shares its state through Redis: set MOVINET_REDIS_URL")
-    from service.registry import resolve_device
-
     resolve_device(settings.device)  # a GPU that is not there: a clear error before anything starts
 
     @asynccontextmanager
@@ -92,15 +90,10 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
                                                  trace=settings.trace_inference, device=settings.device)
         state.inference = inference = None
         if role in ("serve", "worker"):
-            state.inference = inference = InferenceLoop(
-                store, registry, metrics, max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms,
-                checkpoint_every=settings.checkpoint_every, worker_id=settings.worker_id,
-                max_sessions=settings.worker_max_sessions, lease_ttl_ms=settings.lease_ttl_ms,
-                claim_interval_s=settings.claim_interval_s, release_idle_s=settings.release_idle_s,
-                checkpoint_half=settings.checkpoint_half)
+            state.inference = inference = InferenceLoop(settings, store, registry, metrics)
         state.sessions = sessions = None
         if role in ("serve", "gateway"):
-            state.sessions = sessions = SessionService(settings, store, registry, inference, metrics)
+            state.sessions = sessions = SessionService(settings, store, registry, metrics, inference)
         state.image_pool = image_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         if inference is not None:
             inference.start()
@@ -152,15 +145,14 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
-    app.include_router(api.ops)
+    app.include_router(routes.ops)
     if role == "worker":
         return app
-    app.include_router(api.sessions)
-    app.include_router(api.models)
-    app.include_router(ws.router)
-    app.include_router(webrtc.router)
+    app.include_router(routes.sessions)
+    app.include_router(routes.models)
+    app.include_router(sockets.router)
 
-    static = Path(str(resources.files("service") / "static"))
+    static = Path(str(resources.files("service.api") / "static"))
     if (static / "index.html").is_file():
         @app.get("/", include_in_schema=False)
         async def index() -> FileResponse:

@@ -1,0 +1,187 @@
+"""The Lua scripts of the Redis store (:mod:`service.store.redis`): every atomic change.
+
+Each script touches one session's keys (which share the hash tag ``{<session_id>}``), plus, for
+``CREATE``, ``TOUCH`` and ``APPEND``, one global zset that lists sessions (``movinet:sessions``,
+``movinet:expiry``, ``movinet:ready``), so that a record and its listings never disagree.
+"""
+
+from __future__ import annotations
+
+# KEYS: session, sessions (zset), expiry (zset). ARGV: session_id, max_sessions (0: no limit),
+# created_at, expires_at, field, value, ... Creates the record unless it exists or the store is full;
+# returns 1, 0 (exists) or -1 (full).
+CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local limit = tonumber(ARGV[2])
+if limit > 0 and redis.call('ZCARD', KEYS[2]) >= limit then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+return 1
+"""
+
+# KEYS: session. ARGV: field, delta, ... (no-op on a deleted session)
+ADD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# KEYS: session. ARGV: field, value, ...
+SET = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+# KEYS: session, frames, results, checkpoint, expiry (zset). ARGV: now, grace_s, session_id.
+# Moves the idle deadline (in the record and the expiry zset, so a deleted session leaves no orphan).
+TOUCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local now = tonumber(ARGV[1])
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_active_at') or '0')
+if now > last then
+  redis.call('HSET', KEYS[1], 'last_active_at', ARGV[1])
+  last = now
+end
+local timeout = tonumber(redis.call('HGET', KEYS[1], 'idle_timeout_s') or '60')
+local ttl = math.floor((timeout + tonumber(ARGV[2])) * 1000)
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+redis.call('ZADD', KEYS[5], last + timeout, ARGV[3])
+return 1
+"""
+
+# Frames after the committed progress, counted (no payload leaves the server).
+PENDING_LUA = """
+local function pending(session, frames, limit)
+  local processed = redis.call('HGET', session, 'processed_seq') or '0'
+  return redis.call('XRANGE', frames, '(' .. processed .. '-0', '+', 'COUNT', limit)
+end
+"""
+
+# KEYS: session, frames, ready (zset). ARGV: keep, pts, frame_index, received_at, height, width,
+# data, next_frame_index (frame_index + 1, as a decimal string), session_id, now_ms.
+# Returns {seq, dropped}; {-1, 0} when the session is gone. One round trip: the frame, the backlog
+# policy, the record's counters and the ready set.
+APPEND = PENDING_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
+-- The session's frame grid goes on after this frame, even if the gateway dies before it says so.
+-- (Compared as numbers, stored as the decimal string given: a Lua number would print as 5e+17.)
+if tonumber(ARGV[8]) > tonumber(redis.call('HGET', KEYS[1], 'next_frame_index') or '0') then
+  redis.call('HSET', KEYS[1], 'next_frame_index', ARGV[8])
+end
+redis.call('XADD', KEYS[2], seq .. '-0', 'pts', ARGV[2], 'fi', ARGV[3], 't', ARGV[4], 'h', ARGV[5],
+           'w', ARGV[6], 'data', ARGV[7])
+local keep = tonumber(ARGV[1])
+local taken = redis.call('HGET', KEYS[1], 'taken_seq') or '0'
+local waiting = pending(KEYS[1], KEYS[2], keep + 1000)
+while #waiting > 0 and tonumber(string.match(waiting[1][1], '^%d+')) <= tonumber(taken) do
+  table.remove(waiting, 1)
+end
+local dropped = 0
+for i = 1, #waiting - keep do
+  redis.call('XDEL', KEYS[2], waiting[i][1])
+  dropped = dropped + 1
+end
+redis.call('HINCRBY', KEYS[1], 'frames_received', 1)
+if dropped > 0 then redis.call('HINCRBY', KEYS[1], 'frames_dropped', dropped) end
+redis.call('ZADD', KEYS[3], 'NX', ARGV[10], ARGV[9])
+return {seq, dropped}
+"""
+
+# KEYS: session, frames. Returns the number of frames after the committed progress.
+BACKLOG = PENDING_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return #pending(KEYS[1], KEYS[2], 100000)
+"""
+
+# KEYS: session, lease, checkpoint, frames. ARGV: worker, ttl_ms.
+CLAIM = PENDING_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl > 0 then return {'held', ttl} end
+if #pending(KEYS[1], KEYS[4], 1) == 0 then return {'idle'} end
+local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
+local processed = redis.call('HGET', KEYS[1], 'processed_seq') or '0'
+local checkpoint = redis.call('HMGET', KEYS[3], 'seq', 'data')
+return {'ok', token, processed, checkpoint[1] or '0', checkpoint[2] or ''}
+"""
+
+# KEYS: session, lease, frames. ARGV: owner, cursor. The first frame after the cursor, marked taken;
+# {} when there is none yet, -1 when the lease is stale.
+TAKE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+local entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[2] .. '-0', '+', 'COUNT', 1)
+if #entries == 0 then return {} end
+local seq = tonumber(string.match(entries[1][1], '^%d+'))
+if seq > tonumber(redis.call('HGET', KEYS[1], 'taken_seq') or '0') then
+  redis.call('HSET', KEYS[1], 'taken_seq', seq)
+end
+return entries[1]
+"""
+
+SAVE_CHECKPOINT_LUA = """
+local function save_checkpoint(checkpoint, frames, seq, data, owner)
+  if tonumber(seq) > 0 then
+    redis.call('HSET', checkpoint, 'seq', seq, 'data', data, 'owner', owner)
+    redis.call('XTRIM', frames, 'MINID', (tonumber(seq) + 1) .. '-0')
+  end
+end
+"""
+
+# KEYS: session, lease, results, frames, checkpoint.
+# ARGV: owner, ttl_ms, results_cap, checkpoint_seq (0 = none), checkpoint_data, then seq, result...
+# Returns the session's backlog after the commit, or -1 (stale lease / session gone: nothing changed).
+COMMIT = SAVE_CHECKPOINT_LUA + PENDING_LUA + """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local processed = tonumber(redis.call('HGET', KEYS[1], 'processed_seq') or '0')
+local dropped = redis.call('HGET', KEYS[1], 'frames_dropped') or '0'
+local appended = 0
+for i = 6, #ARGV, 2 do
+  local seq = tonumber(ARGV[i])
+  if seq > processed then
+    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], seq .. '-0', 'r', ARGV[i + 1], 'd', dropped)
+    processed = seq
+    appended = appended + 1
+  end
+end
+if appended > 0 then
+  redis.call('HSET', KEYS[1], 'processed_seq', processed)
+  redis.call('HINCRBY', KEYS[1], 'frames_processed', appended)
+end
+save_checkpoint(KEYS[5], KEYS[4], ARGV[4], ARGV[5], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return #pending(KEYS[1], KEYS[4], 100000)
+"""
+
+# KEYS: producer. ARGV: owner, ttl_ms. Take or renew the slot; 0 when another owner holds it.
+PRODUCER = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: producer. ARGV: owner.
+UNPRODUCE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# KEYS: lease. ARGV: owner, ttl_ms.
+RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: session, lease, checkpoint, frames. ARGV: owner, checkpoint_seq, checkpoint_data.
+# Returns the frames still waiting, or -1 when the lease was already lost.
+RELEASE = SAVE_CHECKPOINT_LUA + PENDING_LUA + """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+save_checkpoint(KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[1])
+redis.call('DEL', KEYS[2])
+return #pending(KEYS[1], KEYS[4], 1)
+"""

@@ -1,0 +1,357 @@
+"""The worker loop: lease sessions that have frames, batch them, commit results exactly once.
+
+The same loop runs in the embedded default (in-memory store, inside the server process) and in
+``movinet-service worker`` processes that share nothing but Redis:
+
+1. **Claim.** Every ``claim_interval`` it leases sessions with unprocessed frames and no live
+   lease (:meth:`WorkQueue.claim`). A lease comes with the session's committed progress and its
+   last checkpoint: the worker restores the state from the checkpoint and *replays* the logged
+   frames up to the progress without emitting their results (they were committed before), so it
+   continues exactly where the previous holder stopped.
+2. **Batch.** Each tick reads at most ONE new frame per held session (a session's frames are a
+   time series: two of them never share a batch), groups the sessions by model and window, and
+   runs one forward per group in the inference thread (:class:`~service.worker.runner.Runner`,
+   the only part that touches torch). A forward that fails is retried session by session, so that
+   one bad session costs only itself.
+3. **Commit.** Per session, one atomic commit: the result, the progress, every
+   ``checkpoint_every`` frames the state (and the frame log is trimmed up to it), and the lease's
+   renewal; it answers the session's backlog, which is how the backlog gauge is kept. A commit
+   with a stale fencing token is refused: the session was taken over, and this worker forgets it.
+   Any other store error abandons every held session (its memory may be ahead of what is
+   committed); their leases expire and they are resumed from their checkpoints.
+4. **Release.** A session idle for ``release_idle_s``, and every session on drain (SIGTERM), is
+   checkpointed and released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from service.logs import kv
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+from service.settings import Settings
+from service.store import Frame, Lease, Result, StaleLease, Store
+from service.worker.runner import Runner, SessionState, Step
+
+log = logging.getLogger("service.worker")
+
+REPLAY_CHUNK = 8  # frames replayed between two renewals of the lease
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class Held:
+    """A session this worker holds a lease on: its model state and where it stands."""
+
+    state: SessionState
+    lease: Lease
+    cursor: int = 0  # seq of the last frame fed to the model
+    since_checkpoint: int = 0
+    backlog: int = 0  # frames waiting after the last commit
+    last_frame_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def session_id(self) -> str:
+        return self.state.session_id
+
+
+class InferenceLoop:
+    """One worker's loop (see the module docstring); its knobs are :class:`Settings` fields."""
+
+    def __init__(self, settings: Settings, store: Store, registry: ModelRegistry, metrics: Metrics):
+        self.store = store
+        self.registry = registry
+        self.metrics = metrics
+        self.max_batch = settings.max_batch
+        self.batch_wait_s = settings.batch_wait_ms / 1000.0
+        self.checkpoint_every = settings.checkpoint_every
+        self.worker_id = settings.worker_id or default_worker_id()
+        self.max_sessions = settings.worker_max_sessions
+        self.lease_ttl_ms = settings.lease_ttl_ms
+        self.claim_interval_s = settings.claim_interval_s
+        self.release_idle_s = settings.release_idle_s
+        self.runner = Runner(checkpoint_half=settings.checkpoint_half)
+        self._held: dict[str, Held] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self.draining = False
+        self.store_ok = True
+        self._next_claim = 0.0
+        self._next_renew = 0.0
+        self._next_gauges = 0.0
+        self._backoff = 0.0
+        self.ticks = 0
+        self.last_tick_at = time.monotonic()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="inference-loop")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def drain(self, timeout: float) -> int:
+        """Stop claiming, finish the tick in flight, checkpoint and release every lease.
+
+        Returns the number of sessions released; gives up (leases then expire) after ``timeout``.
+        """
+        self.draining = True
+        if self._task is not None:
+            self._stopping = True
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), min(timeout / 2, 5.0))
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+        released = 0
+        try:
+            async with asyncio.timeout(timeout):
+                for held in list(self._held.values()):
+                    if await self._release(held, reason="drain"):
+                        released += 1
+        except TimeoutError:
+            log.warning(kv("drain_timeout", held=len(self._held)))
+        return released
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def held(self) -> dict[str, Held]:
+        return self._held
+
+    def forget(self, session_id: str) -> None:
+        self._held.pop(session_id, None)
+        self._gauges()
+
+    def _gauges(self) -> None:
+        self.metrics.sessions_held.set(len(self._held))
+        self.metrics.backlog_frames.set(sum(h.backlog for h in self._held.values()))
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self.tick()
+                if not self.store_ok:
+                    log.info(kv("store_reconnected", worker=self.worker_id))
+                self.store_ok, self._backoff = True, 0.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._store_failed(exc)
+
+    async def _store_failed(self, exc: Exception) -> None:
+        """A tick failed (the store is away, most likely): abandon the held sessions, back off."""
+        self.metrics.store_errors.labels("worker").inc()
+        if self._held:
+            self.metrics.leases_lost.labels("store_error").inc(len(self._held))
+        self._held.clear()
+        self._gauges()
+        self._backoff = min(max(0.1, self._backoff * 2), 5.0)
+        level = logging.WARNING if self.store_ok else logging.DEBUG
+        log.log(level, kv("worker_tick_failed", worker=self.worker_id, error=repr(exc), retry_in_s=self._backoff))
+        self.store_ok = False
+        await asyncio.sleep(self._backoff)
+
+    async def tick(self) -> None:
+        """One round: claim, renew, take one frame per held session, infer, commit."""
+        self.last_tick_at = now = time.monotonic()
+        streams = self.store.streams
+        if not self.draining and now >= self._next_claim and len(self._held) < self.max_sessions:
+            self._next_claim = now + self.claim_interval_s
+            for lease in await streams.claim(self.worker_id, self.max_sessions - len(self._held), self.lease_ttl_ms):
+                await self._adopt(lease)
+                await self._renew()  # adopting one session (a replay) must not cost the others their lease
+        if now >= self._next_gauges:  # the autoscaling signal, fresh even on a full worker
+            self._next_gauges = now + 1.0
+            self.metrics.unclaimed_sessions.set(await streams.unclaimed())
+        if now >= self._next_renew:
+            self._next_renew = now + self.lease_ttl_ms / 4000.0
+            await self._renew()
+        if not self._held:
+            await streams.wait_work(self.claim_interval_s)
+            return
+        cursors = {sid: (held.lease, held.cursor) for sid, held in self._held.items()}
+        frames = await streams.take_next(cursors, timeout=self.claim_interval_s)
+        if frames and self.batch_wait_s:
+            await asyncio.sleep(self.batch_wait_s)
+            missing = {sid: c for sid, c in cursors.items() if sid not in frames}
+            if missing:
+                frames.update(await streams.take_next(missing, timeout=0))
+        await self._release_idle(set(frames))
+        if not frames:
+            return
+        batch = [(self._held[sid], frame) for sid, frame in frames.items() if sid in self._held][: self.max_batch]
+        groups: dict[tuple[str, int | None], list[tuple[Held, Step]]] = {}
+        for held, frame in batch:
+            groups.setdefault(held.state.group, []).append((held, Step(held.state, frame)))
+        for group in groups.values():
+            await self._infer([step for _, step in group])
+        await asyncio.gather(*(self._commit(held, step) for group in groups.values() for held, step in group))
+        self._gauges()
+        self.ticks += 1
+
+    async def _renew(self) -> None:
+        held = list(self._held.values())
+        alive = await self.store.streams.renew([h.lease for h in held], self.lease_ttl_ms)
+        for one, ok in zip(held, alive, strict=True):
+            if not ok:
+                self._lost(one, "stale")
+
+    def _lost(self, held: Held, reason: str) -> None:
+        if self._held.get(held.session_id) is held:
+            self.metrics.leases_lost.labels(reason).inc()
+            log.info(kv("lease_lost", worker=self.worker_id, session_id=held.session_id, reason=reason))
+            self.forget(held.session_id)
+
+    async def _release_idle(self, fed: set[str]) -> None:
+        now = time.monotonic()
+        for held in list(self._held.values()):
+            if held.session_id in fed:
+                held.last_frame_at = now
+            elif now - held.last_frame_at > self.release_idle_s:
+                await self._release(held, reason="idle")
+
+    async def _release(self, held: Held, reason: str) -> bool:
+        data = await self._in_thread(self.runner.encode, held.state)
+        try:
+            await self.store.streams.release(held.lease, (held.cursor, data) if data else None)
+        except StaleLease:
+            self._lost(held, "stale")
+            return False
+        self.forget(held.session_id)
+        log.info(kv("lease_released", worker=self.worker_id, session_id=held.session_id, reason=reason,
+                    seq=held.cursor))
+        return True
+
+    async def _in_thread(self, fn, *args):  # noqa: ANN001, ANN202 - the inference thread's calls
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # --- taking a session over ------------------------------------------------------------------
+
+    async def _adopt(self, lease: Lease) -> None:
+        try:
+            state = await self._open(lease.session_id)
+        except Exception as exc:  # e.g. its model cannot load any more: this session only
+            log.error(kv("session_open_failed", session_id=lease.session_id, error=repr(exc)))
+            state = None
+        if state is None:
+            return  # deleted meanwhile (the lease expires by itself), or cannot be served
+        held = Held(state=state, lease=lease, cursor=lease.checkpoint_seq)
+        if lease.checkpoint:
+            try:
+                await self._in_thread(self.runner.restore, state, lease.checkpoint)
+            except Exception as exc:
+                log.error(kv("checkpoint_unreadable", session_id=lease.session_id, error=repr(exc)))
+                state.reset()
+                held.cursor = lease.processed_seq  # start afresh after what was already answered
+        replay: list[Frame] = []
+        if held.cursor < lease.processed_seq:
+            replay = await self.store.streams.frames_after(lease.session_id, held.cursor, lease.processed_seq,
+                                                           count=100_000)
+            # In chunks, renewing the lease between them: a long replay on a busy machine must
+            # not outlive the lease it runs under (another worker would take over, and replay more).
+            for start in range(0, len(replay), REPLAY_CHUNK):
+                await self._in_thread(self.runner.replay, state, replay[start : start + REPLAY_CHUNK])
+                if not (await self.store.streams.renew([lease], self.lease_ttl_ms))[0]:
+                    self.metrics.leases_lost.labels("stale").inc()
+                    log.info(kv("lease_lost", worker=self.worker_id, session_id=lease.session_id, reason="stale",
+                                during="replay"))
+                    return
+            self.metrics.replayed_frames.inc(len(replay))
+            held.cursor = lease.processed_seq
+        # The frames the checkpoint does not cover count towards the next one, so that a session
+        # taken over again and again replays at most checkpoint_every frames, not ever more.
+        held.since_checkpoint = held.cursor - lease.checkpoint_seq
+        self.metrics.claims.labels("resumed" if lease.checkpoint or lease.processed_seq else "new").inc()
+        log.info(kv("lease_taken", worker=self.worker_id, session_id=lease.session_id, token=lease.token,
+                    checkpoint_seq=lease.checkpoint_seq, processed_seq=lease.processed_seq, replayed=len(replay)))
+        self._held[lease.session_id] = held
+        self._gauges()
+
+    async def _open(self, session_id: str) -> SessionState | None:
+        record = await self.store.sessions.get(session_id)
+        if record is None:
+            return None
+        loaded = await self.registry.load(record.model, record.weights)
+        options = record.options
+        window = options.window.length
+        return SessionState(session_id=session_id, model=loaded,
+                            window=None if options.window.policy == "unbounded" else (window or loaded.clip_frames),
+                            top_k=options.top_k, min_score=options.min_score, smoothing=options.smoothing)
+
+    # --- inference and commits ------------------------------------------------------------------
+
+    async def _infer(self, steps: list[Step]) -> None:
+        loaded = steps[0].session.model
+        now = time.time()
+        for step in steps:
+            self.metrics.queue_wait_seconds.observe(max(0.0, now - step.frame.received_at))
+        self.metrics.queue_lag_seconds.set(max(now - s.frame.received_at for s in steps))
+        started = time.perf_counter()
+        try:
+            await self._in_thread(self.runner.forward, steps)
+        except Exception as exc:
+            self.metrics.inference_errors.inc()
+            log.warning(kv("batch_failed", model=loaded.key, batch=len(steps), error=repr(exc)))
+            # Isolate the culprit: every session alone; one that fails again gets an error result.
+            for step in steps:
+                try:
+                    await self._in_thread(self.runner.forward, [step])
+                except Exception as single_exc:
+                    step.error = "inference failed on this frame"
+                    step.session.reset()
+                    log.error(kv("session_inference_failed", session_id=step.session.session_id,
+                                 error=repr(single_exc)))
+        elapsed = time.perf_counter() - started
+        self.metrics.inference_seconds.labels(loaded.name).observe(elapsed)
+        self.metrics.batch_size.labels(loaded.name).observe(len(steps))
+
+    async def _commit(self, held: Held, step: Step) -> None:
+        frame = step.frame
+        if self._held.get(held.session_id) is not held:
+            return  # forgotten (deleted, lease lost) while the forward ran
+        held.cursor = frame.seq
+        held.since_checkpoint += 1
+        now = time.time()
+        lag = max(0.0, now - frame.received_at)
+        result = Result(seq=frame.seq, pts=frame.pts, frame_index=frame.frame_index, labels=step.labels,
+                        lag_ms=lag * 1000.0, dropped=0, produced_at=now, error=step.error)
+        checkpoint = None
+        if self.checkpoint_every and held.since_checkpoint >= self.checkpoint_every and step.error is None:
+            data = await self._in_thread(self.runner.encode, held.state)
+            if data is not None:
+                checkpoint = (frame.seq, data)
+        try:
+            held.backlog = await self.store.streams.commit(held.lease, [result], checkpoint, self.lease_ttl_ms)
+        except StaleLease:
+            self._lost(held, "stale")
+            return
+        if checkpoint is not None:
+            held.since_checkpoint = 0
+            self.metrics.checkpoints.inc()
+            self.metrics.checkpoint_bytes.observe(len(checkpoint[1]))
+        self.metrics.frames_processed.labels(held.state.model.name).inc()
+        self.metrics.frame_latency_seconds.observe(lag)

@@ -36,6 +36,9 @@ class Metrics:
         self.frames_dropped = Counter(
             "movinet_frames_dropped_total", "Frames dropped: backpressure, too_large, late, error, store (unreachable).",
             ["reason"], registry=registry)
+        self.ingest_wait_seconds = Counter(
+            "movinet_ingest_wait_seconds_total", "Time producers of `block` sessions waited for the backlog "
+            "to go down (their sources slowed, nothing dropped).", registry=registry)
         self.decode_errors = Counter("movinet_decode_errors_total", "Undecodable inputs.", ["code"],
                                      registry=registry)
         self.decode_seconds = Histogram("movinet_decode_duration_seconds", "Still image decode + resize.",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-DropPolicy = Literal["drop_oldest", "newest_only"]
+DropPolicy = Literal["drop_oldest", "newest_only", "block"]
 InputKind = Literal["auto", "images", "video"]
 WindowKind = Literal["windowed", "unbounded"]
 
@@ -54,15 +54,30 @@ class WindowOptions:
         return None if self.policy == "unbounded" else self.frames
 
 
+# The store's backlog limit under ``block``: never reached, because the producer waits while
+# ``max_backlog`` frames wait (an integer Redis's Lua still prints as one).
+NEVER_DROP = 1_000_000_000
+
+
 @dataclass(frozen=True)
 class BackpressureOptions:
+    """``drop_oldest`` / ``newest_only``: the store drops frames beyond :attr:`keep` (live
+    sources: a label must be about now). ``block``: the producer waits while ``max_backlog``
+    frames wait, which slows its source (a recording: every frame gets a label)."""
+
     policy: DropPolicy = "drop_oldest"
     max_backlog: int = 8
 
     @property
     def keep(self) -> int:
-        """Frames that may wait for inference under this policy."""
+        """Frames the store keeps waiting for inference before it drops the oldest."""
+        if self.policy == "block":
+            return NEVER_DROP
         return 1 if self.policy == "newest_only" else self.max_backlog
+
+    @property
+    def blocks(self) -> bool:
+        return self.policy == "block"
 
 
 @dataclass(frozen=True)

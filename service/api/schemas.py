@@ -73,8 +73,11 @@ class WindowPolicy(BaseModel):
 
 class BackpressurePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    policy: Literal["drop_oldest", "newest_only"] | None = Field(
-        None, description="What to drop when inference falls behind; default the server's (drop_oldest).")
+    policy: Literal["drop_oldest", "newest_only", "block"] | None = Field(
+        None, description="When inference falls behind: `drop_oldest` drops the oldest waiting frame, "
+        "`newest_only` keeps only the newest (live sources); `block` drops nothing and stops reading the "
+        "socket while `max_backlog` frames wait, so the sender slows down (recordings). Default the "
+        "server's (drop_oldest).")
     max_backlog: int | None = Field(None, ge=1, le=1000, description="Model frames that may wait; "
                                     "default the server's setting, never above it.")
 

@@ -6,10 +6,16 @@ slot ``k`` is the session's frame ``base + k``; a new input stream continues aft
 appends it to the store — which gives it its seq, applies the backlog limit and counts, in one
 atomic step — and is the one place where frames lost before the store (backpressure in a
 source, bad input, the store away) are counted and reported to the client.
+
+Under the ``block`` backpressure policy the sink waits, before each append, while the session's
+backlog is at ``max_backlog``: the append never drops, the pipe's task stops, and with it the
+source (a video decoder blocks on its full pipe, the socket stops being read, TCP slows the
+sender). The wait is counted (``movinet_ingest_wait_seconds_total``), never as drops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +31,7 @@ log = logging.getLogger("service.sources.ingest")
 Report = Callable[[str, str], Awaitable[None]]
 
 TOUCH_EVERY_S = 1.0  # a producer keeps its session alive at most this often (a store write)
+BLOCK_POLL_S = (0.002, 0.02)  # a blocked producer looks at the backlog this often: first, at most
 _DROP_REASON = {"frame_too_large": "too_large", "late_frame": "late"}
 
 
@@ -36,6 +43,7 @@ class FrameSink:
         self.metrics = metrics
         self.report = report
         self.keep = record.options.backpressure.keep
+        self.block_at = record.options.backpressure.max_backlog if record.options.backpressure.blocks else None
         self.frame_index_base = record.next_frame_index  # the open input stream's slot 0 on the grid
         self.max_slot = -1
         self.last_seq = 0  # seq of the last frame this producer appended
@@ -54,6 +62,8 @@ class FrameSink:
         frame = Frame(pts=prepared.pts, frame_index=self.frame_index_base + prepared.slot,
                       received_at=prepared.decoded_at, height=prepared.rgb.shape[0], width=prepared.rgb.shape[1],
                       data=prepared.rgb.tobytes())
+        if self.block_at is not None:
+            await self._wait_for_room(self.block_at)
         try:
             appended = await self.store.streams.append(self.session_id, frame, keep=self.keep)
         except STORE_ERRORS as exc:
@@ -115,6 +125,24 @@ class FrameSink:
                 await self._touch(self.session_id)
             except STORE_ERRORS:
                 pass  # the store is away: its users are told elsewhere; the idle clock waits
+
+    async def _wait_for_room(self, limit: int) -> None:
+        """Until fewer than ``limit`` frames of the session wait for inference (``block``)."""
+        started = None
+        delay = BLOCK_POLL_S[0]
+        while True:
+            try:
+                if await self.store.streams.backlog(self.session_id) < limit:
+                    break
+            except STORE_ERRORS:
+                break  # the append finds the store away too, and counts the frame
+            if started is None:
+                started = time.monotonic()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BLOCK_POLL_S[1])
+            await self.touch()  # waiting is activity: the session must not expire meanwhile
+        if started is not None:
+            self.metrics.ingest_wait_seconds.inc(time.monotonic() - started)
 
     async def _count_dropped(self, frames: int) -> None:
         try:

@@ -12,7 +12,8 @@ loop takes the items in order and hands them to the session's :class:`~service.s
   never done.
 * When ``capacity`` frames wait, ``drop_oldest`` removes the oldest waiting frame (its model
   frames are counted as dropped for backpressure); ``block`` makes :meth:`put` wait instead (a
-  thread only), so a reader slows down rather than losing frames.
+  thread only), so a reader slows down rather than losing frames. On the event loop,
+  :meth:`put_when_room` waits (asynchronously) for room instead, whatever the overflow.
 * Errors and source events keep their place in the order and are never dropped.
 
 The items cross from threads with ``call_soon_threadsafe`` only to wake the task: the queue itself
@@ -87,6 +88,7 @@ class FramePipe:
         self._busy = False  # the task holds an item it has not delivered yet
         self._idle = asyncio.Event()
         self._idle.set()
+        self._room = asyncio.Event()  # set when the task takes a frame out
         self._task = asyncio.create_task(self._run(), name=f"pipe-{kind}-{sink.session_id}")
 
     # --- from the source (any thread; put() with overflow=block: not the event loop's) ----------
@@ -122,6 +124,14 @@ class FramePipe:
 
     # --- on the event loop --------------------------------------------------------------------
 
+    async def put_when_room(self, frame: Pending) -> bool:
+        """:meth:`put` for a source on the event loop: first wait until fewer than ``capacity``
+        frames wait, so nothing is dropped and the loop is never blocked."""
+        while self._frames >= self.capacity and not self._closed:
+            self._room.clear()
+            await self._room.wait()
+        return self.put(frame)
+
     async def wait_ended(self) -> None:
         """Until every item before :meth:`end` is in the sink (or the pipe was closed)."""
         await self._ended.wait()
@@ -142,6 +152,7 @@ class FramePipe:
         self._task.cancel()
         self._ended.set()
         self._idle.set()
+        self._room.set()
 
     @property
     def closed(self) -> bool:
@@ -195,6 +206,8 @@ class FramePipe:
                     await self._wakeup.wait()
                     continue
                 try:
+                    if entry[0] == "frame":
+                        self._room.set()
                     if not await self._deliver(*entry):
                         return
                 except asyncio.CancelledError:

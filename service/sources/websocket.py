@@ -7,7 +7,7 @@ the session's ``input`` option) say what it is:
   by its pts first (a ``{"type": "frame", "pts"}`` control message, else the arrival gap), so an
   image the resampling would skip is never decoded; the ones that fill a slot go on the stream's
   :class:`FramePipe` with their decode as work for the decode pool, at most ``max_backlog``
-  waiting (the oldest goes first);
+  waiting (the oldest goes first; under the ``block`` policy the socket waits for room instead);
 * **video** (the chunks of one WebM/MP4/H.264 stream): a :class:`VideoStreamDecoder` thread
   decodes into a pipe that blocks the decoder when full, and the socket stops reading while the
   decoder is ``max_video_buffer_bytes`` behind, so the sender is slowed by TCP, not robbed.
@@ -65,6 +65,7 @@ class WebSocketInput:
         self.input_kind: str = source.input
         self.stream_fps: float | None = source.frame_rate
         self.max_backlog = record.options.backpressure.max_backlog
+        self.block = record.options.backpressure.blocks  # wait for room rather than drop
         self.mode: str | None = None  # "images" | "video" while an input stream is open
         self.next_pts: float | None = None  # from a {"type": "frame", "pts"} control message
         self._pipe: FramePipe | None = None
@@ -172,7 +173,11 @@ class WebSocketInput:
         model = self.model
         work = image_work(data, self.settings.max_frame_pixels, model.input_size, model.short_side,
                           self.settings.exact_preprocess)
-        self._pipe.put(Pending(pts=pts, slots=slots, arrived_at=arrived_at, work=work))
+        pending = Pending(pts=pts, slots=slots, arrived_at=arrived_at, work=work)
+        if self.block:  # the socket is not read meanwhile: TCP slows the sender
+            await self._pipe.put_when_room(pending)
+        else:
+            self._pipe.put(pending)
 
     async def _feed_video(self, data: bytes) -> None:
         decoder = self._video

@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make serve   -> venv + install + start the service (embedded mode, bundled model) on :8000
+#   make serve   -> venv + install + start the service (embedded mode, bundled model) on 0.0.0.0:8000
+#                   (HOST/PORT or MOVINET_HOST/MOVINET_PORT choose another address)
 #   make test    -> venv + install + the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/movinet-service serve --host $${HOST:-0.0.0.0} --port $${PORT:-8000}
+	$(BIN)/movinet-service serve --host $${HOST:-$${MOVINET_HOST:-0.0.0.0}} --port $${PORT:-$${MOVINET_PORT:-8000}}
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

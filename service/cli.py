@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 
 from service.logs import kv
@@ -71,10 +73,22 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10, lifespan="on",
     )
     server = DrainingServer(config, app)
+    try:  # bound before the lifespan starts: a port in use fails here, before a model loads
+        listener = listen(host, port, config.backlog)
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        print(f"movinet-service {role}: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
+        return 1
     log.info(kv("serving", role=role, url=f"http://{host}:{port}", model=settings.model,
                 store="redis" if settings.redis_url else "memory"))
-    server.run()
+    server.run(sockets=[listener])
     return 0
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """The listening socket for ``host:port`` (IPv4, or IPv6 for an address with a colon)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=backlog)
 
 
 def _uvicorn_server():

@@ -13,12 +13,14 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import time
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from service import messages
+from service.admission import Admission
 from service.api.schemas import LastResult, SessionCreate, SessionStatus
 from service.errors import ApiError, CloseCode
 from service.hub import Closable, ConnectionHub
@@ -57,6 +59,7 @@ class SessionService:
         self.inference = inference
         self.metrics = metrics
         self.hub = ConnectionHub()
+        self.admission = Admission(settings, store, inference)
         self.gateway_id = secrets.token_hex(6)
         self._producers: dict[tuple[str, int], asyncio.Task] = {}
         self._cameras: asyncio.Task | None = None
@@ -134,7 +137,12 @@ class SessionService:
 
     # --- sessions -------------------------------------------------------------------------------
 
-    async def create(self, request: SessionCreate, source: str | None = None) -> tuple[SessionRecord, str, LoadedModel]:
+    async def create(self, request: SessionCreate, source: str | None = None,
+                     client: str | None = None) -> tuple[SessionRecord, str, LoadedModel]:
+        """A new session for ``client`` (an API key's hash or an address: the rate limit's key)."""
+        if client is not None:
+            self.admission.check_rate(client)
+        await self.admission.check_load()
         if await self.store.sessions.count() >= self.settings.max_sessions:
             raise self._full()  # early, before loading a model; the create itself checks atomically
         camera = None
@@ -159,6 +167,7 @@ class SessionService:
             session_id="s_" + secrets.token_hex(8), token_hash=hash_token(token), model=loaded.name,
             weights=loaded.weights, options=options, created_at=now, idle_timeout_s=idle_timeout,
             last_active_at=now, extra=extra,
+            unused_timeout_s=0.0 if camera is not None else self.settings.unused_session_timeout_s,
         )
         try:
             await self.store.sessions.create(record, max_sessions=self.settings.max_sessions)
@@ -183,6 +192,7 @@ class SessionService:
     def _options(self, request: SessionCreate, loaded: LoadedModel, camera: RtspUrl | None) -> SessionOptions:
         """The request resolved against the model and the server's limits."""
         window, backpressure = request.window, request.backpressure
+        limit = self.settings.max_backlog or max(1, math.ceil(self.settings.max_backlog_s * loaded.frame_rate))
         source = request.source.model_dump()
         if camera is not None:
             source["url"] = camera.redacted
@@ -195,7 +205,7 @@ class SessionService:
                                  else (window.frames or loaded.clip_frames)),
             backpressure=BackpressureOptions(
                 policy=backpressure.policy or self.settings.drop_policy,
-                max_backlog=min(backpressure.max_backlog or self.settings.max_backlog, self.settings.max_backlog)),
+                max_backlog=min(backpressure.max_backlog or limit, limit)),
         )
 
     async def get(self, session_id: str) -> SessionRecord:

@@ -49,7 +49,17 @@ class Settings(BaseSettings):
     )
 
     # Sessions.
-    max_sessions: int = Field(64, ge=1)
+    max_sessions: int = Field(1024, ge=1, description="Sessions the store may hold at once (all gateways); "
+                              "beyond it 429. Load decides before that: see admission_max_lag_s.")
+    unused_session_timeout_s: float = Field(
+        30.0, ge=0, description="A session that never got a frame expires this long after its creation (0: "
+        "the idle timeout only); RTSP sessions are exempt (their camera may take a while).")
+    admission_max_lag_s: float = Field(
+        1.0, gt=0, description="New sessions get 503 + Retry-After while frames wait longer than this for "
+        "inference on every worker (or every worker holds its maximum): admitted sessions keep their latency.")
+    create_rate_per_min: float = Field(60.0, gt=0, description="POST /sessions per minute per client (API "
+                                       "key, else address), on each gateway.")
+    create_burst: int = Field(20, ge=1, description="POST /sessions a client may make at once.")
     idle_timeout_s: float = Field(60.0, gt=0, description="Default idle timeout of a session.")
     max_idle_timeout_s: float = Field(3600.0, gt=0)
     reaper_interval_s: float = Field(1.0, gt=0)
@@ -58,7 +68,11 @@ class Settings(BaseSettings):
     # Ingest limits.
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted WS message.")
     max_frame_pixels: int = Field(3840 * 2160, ge=64 * 64, description="Largest decoded frame (w*h).")
-    max_backlog: int = Field(8, ge=1, description="Model frames a session may have waiting for inference.")
+    max_backlog_s: float = Field(
+        10.0, gt=0, description="Seconds of model frames a session may have waiting for inference (at the "
+        "model's frame rate). It covers a worker's crash and takeover, so a crash costs latency, not frames.")
+    max_backlog: int | None = Field(None, ge=1, description="The same limit in model frames, instead of "
+                                    "max_backlog_s.")
     drop_policy: DropPolicy = "drop_oldest"
     max_video_buffer_bytes: int = Field(
         16 * 1024 * 1024, ge=64 * 1024,
@@ -95,10 +109,11 @@ class Settings(BaseSettings):
     worker_id: str | None = Field(None, description="This worker's name in leases; default host-pid-random.")
     worker_host: str = Field("0.0.0.0", description="Bind address of a worker's /healthz, /readyz, /metrics.")
     worker_port: int = Field(8001, description="Port of a worker's /healthz, /readyz, /metrics.")
-    worker_max_sessions: int = Field(64, ge=1, description="Most sessions one worker holds leases on.")
+    worker_max_sessions: int = Field(256, ge=1, description="Most sessions one worker holds leases on.")
     lease_ttl_ms: int = Field(
-        2000, ge=200, description="A lease lives this long unless renewed (every quarter of it): a dead "
-        "worker's sessions move after at most this long.")
+        2000, ge=200, description="A lease lives this long unless renewed (every quarter of it). A worker "
+        "also writes a heartbeat key that lives half of it: a dead worker's sessions move once that is gone "
+        "(~1 s), a stalled one's when the lease runs out.")
     claim_interval_s: float = Field(0.05, gt=0, description="How often a worker looks for sessions to claim.")
     release_idle_s: float = Field(10.0, gt=0, description="A worker releases a session without frames for this long.")
     drain_timeout_s: float = Field(

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Annotated
 
@@ -75,8 +76,11 @@ def _base_url(request: Request, settings: Settings) -> str:
                summary="Create a session",
                description="Creates a session and returns its secret token. Then open `frames_url` "
                "(WebSocket) with `?token=...` to send frames and get labels.")
-async def create_session(body: SessionCreate, request: Request, service: Service) -> SessionCreated:
-    record, token, loaded = await service.create(body)
+async def create_session(body: SessionCreate, request: Request, service: Service,
+                         api_key: ApiKey) -> SessionCreated:
+    client = "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else (
+        "addr:" + (request.client.host if request.client else "?"))
+    record, token, loaded = await service.create(body, client=client)
     base = _base_url(request, service.settings)
     return SessionCreated(
         session_id=record.session_id, token=token, model=loaded.name, weights=loaded.weights,
@@ -153,6 +157,8 @@ async def readyz(request: Request) -> JSONResponse:
         reasons.append(f"model_loading_failed: {state.model_error}" if state.model_error else "model_loading")
     if not await state.store.ping():
         reasons.append("store_unreachable")
+    elif state.sessions is not None and (saturated := await state.sessions.admission.saturated()):
+        reasons.append(f"saturated: {saturated}")
     if reasons:
         return JSONResponse({"status": "not_ready", "reasons": reasons}, status_code=503)
     return JSONResponse({"status": "ready", "models": [m.key for m in state.registry.loaded],

@@ -22,10 +22,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.options import DropPolicy, SessionOptions
-from service.store.records import Appended, Frame, Lease, Result, SessionRecord, SessionsFull, StaleLease
+from service.store.records import (
+    Appended,
+    Frame,
+    Lease,
+    Result,
+    SessionRecord,
+    SessionsFull,
+    StaleLease,
+    WorkerLoad,
+)
 
 __all__ = ["STORE_ERRORS", "Appended", "DropPolicy", "Frame", "Lease", "Result", "ResultLog", "SessionOptions",
-           "SessionRecord", "SessionStore", "SessionsFull", "StaleLease", "Store", "StreamLog", "create_store"]
+           "SessionRecord", "SessionStore", "SessionsFull", "StaleLease", "Store", "StreamLog", "WorkerLoad",
+           "create_store"]
 
 try:  # what a store call raises while the store is away (Redis down, restarting, unreachable)
     from redis.exceptions import RedisError
@@ -123,6 +133,16 @@ class StreamLog(Protocol):
 
     async def wait_work(self, timeout: float) -> None:
         """Return when a session may have become claimable, or after ``timeout`` seconds."""
+        ...
+
+    async def heartbeat(self, worker_id: str, ttl_ms: int, load: WorkerLoad | None = None) -> None:
+        """The worker is alive (and how loaded). With several workers, a held session whose
+        holder's heartbeat is gone may be claimed before its lease (``ttl_ms``) runs out: a crash
+        costs half a lease."""
+        ...
+
+    async def pool_load(self) -> list[WorkerLoad]:
+        """What the live workers published with their heartbeats."""
         ...
 
     async def unclaimed(self) -> int:

@@ -38,3 +38,6 @@ READY = f"{PREFIX}:ready"  # zset: sessions that may need a worker, scored by wh
 def producer(session_id: str) -> str:
     return f"{PREFIX}:{{{session_id}}}:producer"  # string with TTL: the socket that sends the frames
 
+
+def worker(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}"  # string with TTL: the worker is alive (its heartbeat)

@@ -14,7 +14,17 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.store import Appended, Frame, Lease, Result, SessionRecord, SessionsFull, StaleLease, Store
+from service.store import (
+    Appended,
+    Frame,
+    Lease,
+    Result,
+    SessionRecord,
+    SessionsFull,
+    StaleLease,
+    Store,
+    WorkerLoad,
+)
 
 
 class MemorySessionStore:
@@ -272,6 +282,12 @@ class MemoryStreamLog:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
         except TimeoutError:
             pass
+
+    async def heartbeat(self, worker_id: str, ttl_ms: int, load: WorkerLoad | None = None) -> None:
+        """One process: a worker that dies takes the store with it; its load is read directly."""
+
+    async def pool_load(self) -> list[WorkerLoad]:
+        return []
 
     async def unclaimed(self) -> int:
         now = time.monotonic()

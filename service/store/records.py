@@ -24,10 +24,13 @@ class SessionRecord:
     frames_processed: int = 0
     frames_dropped: int = 0  # all reasons: backpressure, too large, decode errors
     next_frame_index: int = 0  # first model-frame index of the next input stream
+    unused_timeout_s: float = 0.0  # a session that never got a frame expires this long after creation (0: off)
     extra: dict[str, Any] = field(default_factory=dict)  # secret: never returned nor logged
 
     @property
     def expires_at(self) -> float:
+        if self.unused_timeout_s > 0 and self.frames_received == 0:
+            return min(self.created_at + self.unused_timeout_s, self.last_active_at + self.idle_timeout_s)
         return self.last_active_at + self.idle_timeout_s
 
 
@@ -82,3 +85,13 @@ class StaleLease(Exception):
 
 class SessionsFull(Exception):
     """``SessionStore.create`` refused: the store holds its maximum of sessions."""
+
+
+@dataclass
+class WorkerLoad:
+    """What a worker publishes with its heartbeat (admission control reads it)."""
+
+    worker_id: str
+    held: int  # sessions it holds
+    max_sessions: int
+    lag_s: float  # how long frames waited before their forward, smoothed

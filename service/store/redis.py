@@ -27,6 +27,7 @@ listed (see :meth:`RedisStreamLog._settle`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -37,13 +38,24 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from service.options import SessionOptions
-from service.store import Appended, Frame, Lease, Result, SessionRecord, SessionsFull, StaleLease, Store, keys
+from service.store import (
+    Appended,
+    Frame,
+    Lease,
+    Result,
+    SessionRecord,
+    SessionsFull,
+    StaleLease,
+    Store,
+    WorkerLoad,
+    keys,
+)
 from service.store import redis_scripts as lua
 
 log = logging.getLogger("service.store.redis")
 
 _INT_FIELDS = {"frames_received", "frames_processed", "frames_dropped", "next_frame_index"}
-_FLOAT_FIELDS = {"created_at", "idle_timeout_s", "last_active_at"}
+_FLOAT_FIELDS = {"created_at", "idle_timeout_s", "last_active_at", "unused_timeout_s"}
 _JSON_FIELDS = {"options", "extra"}
 _RECORD_FIELDS = {f.name for f in fields(SessionRecord)}
 KEY_GRACE_S = 120.0  # session keys outlive the idle timeout by this much (if every reaper is gone)
@@ -234,6 +246,17 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def heartbeat_ttl_ms(lease_ttl_ms: int) -> int:
+    """A worker's heartbeat key lives half a lease (it is renewed every quarter of that)."""
+    return max(200, lease_ttl_ms // 2)
+
+
+def _look_again_ms(lease_ttl_ms: int) -> int:
+    """When a held session is due again in the ready set: when its holder's heartbeat would have
+    run out if the holder died now (renewals push it on while the holder lives)."""
+    return heartbeat_ttl_ms(lease_ttl_ms)
+
+
 class RedisStreamLog:
     def __init__(self, client: aioredis.Redis, scripts: _Scripts, results_cap: int) -> None:
         self._r = client
@@ -276,27 +299,63 @@ class RedisStreamLog:
         now = _now_ms()
         due = await self._r.zrangebyscore(keys.READY, "-inf", now, start=0, num=limit * 2)
         leases: list[Lease] = []
+        held: dict[str, bytes] = {}  # session -> its holder's lease value
         for member in due:
             if len(leases) >= limit:
                 break
             session_id = member.decode()
-            reply = await self._s.claim(
-                keys=[keys.session(session_id), keys.lease(session_id), keys.checkpoint(session_id),
-                      keys.frames(session_id)],
-                args=[worker_id, ttl_ms])
-            status = reply[0].decode()
-            if status == "gone":
-                await self._r.zrem(keys.READY, session_id)
-            elif status == "idle":
-                await self._settle(session_id)
-            elif status == "held":
-                await self._r.zadd(keys.READY, {session_id: now + int(reply[1])}, xx=True)
-            else:
-                _, token, processed, checkpoint_seq, data = reply
-                await self._r.zadd(keys.READY, {session_id: now + ttl_ms}, xx=True)
-                leases.append(Lease(session_id, worker_id, int(token), int(processed), int(checkpoint_seq),
-                                    bytes(data) if int(checkpoint_seq) > 0 else None))
+            lease = await self._claim_one(session_id, worker_id, ttl_ms, now, held)
+            if lease is not None:
+                leases.append(lease)
+        if held and len(leases) < limit:
+            # Held, but is the holder alive? A worker's heartbeat key lives half a lease: a dead
+            # worker's sessions are taken over on that, before their leases run out.
+            holders = {sid: value.decode().rsplit(" ", 1)[0] for sid, value in held.items()}
+            async with self._r.pipeline(transaction=False) as pipe:
+                for holder in holders.values():
+                    pipe.exists(keys.worker(holder))
+                alive = await pipe.execute()
+            for (sid, value), living in zip(held.items(), alive, strict=True):
+                if not living and len(leases) < limit:
+                    lease = await self._claim_one(sid, worker_id, ttl_ms, now, {}, dead=value)
+                    if lease is not None:
+                        leases.append(lease)
         return leases
+
+    async def _claim_one(self, session_id: str, worker_id: str, ttl_ms: int, now: int, held: dict[str, bytes],
+                         dead: bytes = b"") -> Lease | None:
+        reply = await self._s.claim(
+            keys=[keys.session(session_id), keys.lease(session_id), keys.checkpoint(session_id),
+                  keys.frames(session_id)],
+            args=[worker_id, ttl_ms, dead])
+        status = reply[0].decode()
+        if status == "gone":
+            await self._r.zrem(keys.READY, session_id)
+        elif status == "idle":
+            await self._settle(session_id)
+        elif status == "held":
+            held[session_id] = bytes(reply[2])
+            await self._r.zadd(keys.READY, {session_id: now + min(int(reply[1]), _look_again_ms(ttl_ms))}, xx=True)
+        else:
+            _, token, processed, checkpoint_seq, data = reply
+            await self._r.zadd(keys.READY, {session_id: now + _look_again_ms(ttl_ms)}, xx=True)
+            return Lease(session_id, worker_id, int(token), int(processed), int(checkpoint_seq),
+                         bytes(data) if int(checkpoint_seq) > 0 else None)
+        return None
+
+    async def heartbeat(self, worker_id: str, ttl_ms: int, load: WorkerLoad | None = None) -> None:
+        value = json.dumps(dataclasses.asdict(load)) if load is not None else "{}"
+        await self._r.set(keys.worker(worker_id), value, px=heartbeat_ttl_ms(ttl_ms))
+
+    async def pool_load(self) -> list[WorkerLoad]:
+        found: list[WorkerLoad] = []
+        async for key in self._r.scan_iter(match=keys.worker("*"), count=1000):
+            raw = await self._r.get(key)
+            try:
+                found.append(WorkerLoad(**json.loads(raw)))
+            except (TypeError, ValueError):
+                continue  # gone meanwhile, or a worker that publishes no load
+        return found
 
     async def frames_after(self, session_id: str, after_seq: int, upto_seq: int | None = None,
                            count: int = 1000) -> list[Frame]:
@@ -344,7 +403,7 @@ class RedisStreamLog:
             args=args)
         if backlog < 0:
             raise StaleLease(f"lease {lease.token} on {sid} is no longer live")
-        await self._r.zadd(keys.READY, {sid: _now_ms() + ttl_ms}, xx=True)
+        await self._r.zadd(keys.READY, {sid: _now_ms() + _look_again_ms(ttl_ms)}, xx=True)
         return int(backlog)
 
     async def renew(self, leases: list[Lease], ttl_ms: int) -> list[bool]:
@@ -356,7 +415,7 @@ class RedisStreamLog:
                                     client=pipe)
             replies = await pipe.execute()
         alive = [bool(r) for r in replies]
-        due = _now_ms() + ttl_ms
+        due = _now_ms() + _look_again_ms(ttl_ms)
         live = {lease.session_id: due for lease, ok in zip(leases, alive, strict=True) if ok}
         if live:
             await self._r.zadd(keys.READY, live, xx=True)

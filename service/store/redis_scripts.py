@@ -47,7 +47,13 @@ end
 local timeout = tonumber(redis.call('HGET', KEYS[1], 'idle_timeout_s') or '60')
 local ttl = math.floor((timeout + tonumber(ARGV[2])) * 1000)
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
-redis.call('ZADD', KEYS[5], last + timeout, ARGV[3])
+local deadline = last + timeout
+-- A session that never got a frame expires unused_timeout_s after its creation (SessionRecord.expires_at).
+local unused = tonumber(redis.call('HGET', KEYS[1], 'unused_timeout_s') or '0')
+if unused > 0 and tonumber(redis.call('HGET', KEYS[1], 'frames_received') or '0') == 0 then
+  deadline = math.min(deadline, tonumber(redis.call('HGET', KEYS[1], 'created_at')) + unused)
+end
+redis.call('ZADD', KEYS[5], deadline, ARGV[3])
 return 1
 """
 
@@ -96,11 +102,15 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return #pending(KEYS[1], KEYS[2], 100000)
 """
 
-# KEYS: session, lease, checkpoint, frames. ARGV: worker, ttl_ms.
+# KEYS: session, lease, checkpoint, frames. ARGV: worker, ttl_ms, dead holder's lease value ('' = none).
 CLAIM = PENDING_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
 local ttl = redis.call('PTTL', KEYS[2])
-if ttl > 0 then return {'held', ttl} end
+if ttl > 0 then
+  local holder = redis.call('GET', KEYS[2])
+  -- ARGV[3]: the lease of a worker whose heartbeat is gone (dead): it may be taken over now.
+  if ARGV[3] == '' or holder ~= ARGV[3] then return {'held', ttl, holder} end
+end
 if #pending(KEYS[1], KEYS[4], 1) == 0 then return {'idle'} end
 local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])

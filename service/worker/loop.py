@@ -38,7 +38,7 @@ from service.logs import kv
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
-from service.store import Frame, Lease, Result, StaleLease, Store
+from service.store import Frame, Lease, Result, StaleLease, Store, WorkerLoad
 from service.worker.runner import Runner, SessionState, Step
 
 log = logging.getLogger("service.worker")
@@ -90,6 +90,10 @@ class InferenceLoop:
         self.store_ok = True
         self._next_claim = 0.0
         self._next_renew = 0.0
+        self._beating = False
+        self._lag_s = 0.0  # smoothed wait of frames before their forward
+        self._lag_at = time.monotonic()
+        self._heart: asyncio.Task | None = None
         self._next_gauges = 0.0
         self._backoff = 0.0
         self.ticks = 0
@@ -99,9 +103,21 @@ class InferenceLoop:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="inference-loop")
+        self._heart = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
+
+    async def _heartbeat(self) -> None:
+        """Every eighth of a lease, apart from the ticks: a long forward must not look like a death."""
+        while True:
+            await asyncio.sleep(self.lease_ttl_ms / 8000.0)
+            try:
+                await self.store.streams.heartbeat(self.worker_id, self.lease_ttl_ms, self.load())
+            except Exception:  # the store is away: the ticks fail and back off; beat again later
+                pass
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._heart is not None:
+            self._heart.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -139,6 +155,12 @@ class InferenceLoop:
     @property
     def held(self) -> dict[str, Held]:
         return self._held
+
+    def load(self) -> WorkerLoad:
+        """How loaded this worker is (admission control); the lag decays while nothing waits."""
+        idle_s = time.monotonic() - self._lag_at
+        lag = self._lag_s * 0.5 ** (idle_s / 2.0) if idle_s > 1.0 else self._lag_s
+        return WorkerLoad(self.worker_id, len(self._held), self.max_sessions, round(lag, 3))
 
     def forget(self, session_id: str) -> None:
         self._held.pop(session_id, None)
@@ -179,6 +201,9 @@ class InferenceLoop:
         """One round: claim, renew, take one frame per held session, infer, commit."""
         self.last_tick_at = now = time.monotonic()
         streams = self.store.streams
+        if not self._beating:  # before the first claim: others must see this worker alive
+            await streams.heartbeat(self.worker_id, self.lease_ttl_ms, self.load())
+            self._beating = True
         if not self.draining and now >= self._next_claim and len(self._held) < self.max_sessions:
             self._next_claim = now + self.claim_interval_s
             for lease in await streams.claim(self.worker_id, self.max_sessions - len(self._held), self.lease_ttl_ms):
@@ -309,7 +334,10 @@ class InferenceLoop:
         now = time.time()
         for step in steps:
             self.metrics.queue_wait_seconds.observe(max(0.0, now - step.frame.received_at))
-        self.metrics.queue_lag_seconds.set(max(now - s.frame.received_at for s in steps))
+        lag = max(now - s.frame.received_at for s in steps)
+        self.metrics.queue_lag_seconds.set(lag)
+        self._lag_s = 0.8 * self._lag_s + 0.2 * lag if time.monotonic() - self._lag_at < 5.0 else lag
+        self._lag_at = time.monotonic()
         started = time.perf_counter()
         try:
             await self._in_thread(self.runner.forward, steps)

@@ -31,12 +31,11 @@ from tests.redis_server import RedisServer, free_port
 REPO = Path(__file__).resolve().parents[2]
 VIDEO = REPO / "tests" / "assets" / "motion_test.mp4"
 
-# Pool settings for the tests: short leases so that failovers are quick; frequent checkpoints so
-# that replays cross them; a backlog large enough that nothing is dropped (drops would make runs differ).
+# Pool settings for the tests: the shipped lease and backlog (a crash must cost no frame with the
+# defaults); frequent checkpoints, the one setting under test, so that replays cross them; one
+# torch thread each, as several workers share two cores here.
 POOL_ENV = {
-    "MOVINET_LEASE_TTL_MS": "1000",
     "MOVINET_CHECKPOINT_EVERY": "7",
-    "MOVINET_MAX_BACKLOG": "64",
     "MOVINET_TORCH_THREADS": "1",
     "MOVINET_LOG_LEVEL": "info",
     "OMP_NUM_THREADS": "1",

@@ -23,7 +23,8 @@ def test_create_session_returns_what_a_client_needs(server):
     assert body["labels_url"] == f"{server.ws}/sessions/{body['session_id']}/labels"
     assert body["webrtc_url"] == f"{server.http}/sessions/{body['session_id']}/webrtc"
     assert body["ice_servers"] == []  # no outside STUN server by default
-    assert body["expires_at"] == pytest.approx(time.time() + 60, abs=5)
+    # Until its first frame a session lives unused_session_timeout_s (30 s), then the idle timeout (60 s).
+    assert body["expires_at"] == pytest.approx(time.time() + 30, abs=5)
 
 
 def test_session_options_are_validated_and_kept(server):

@@ -351,3 +351,44 @@ def test_an_unreadable_record_does_not_break_a_listing(redis_server):
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_dead_workers_sessions_are_taken_over_before_the_lease_runs_out(redis_server):
+    """The heartbeat key: held by a live worker, a session stays; once the holder's heartbeat is
+    gone (SIGKILL), another worker takes it over although the lease has seconds to go, and the
+    dead one's commits are refused."""
+    from service.store import keys
+
+    async def scenario():
+        redis_server.flush()
+        store = redis_store(redis_server.url)
+        await store.sessions.create(record("a"))
+        await store.streams.append("a", frame(0), keep=10)
+        await store.streams.heartbeat("w1", 60_000)
+        [lease] = await store.streams.claim("w1", 5, 60_000)
+        await store.client.zadd(keys.READY, {"a": 0})  # due now: a claimer looks at it
+        await store.streams.heartbeat("w2", 60_000)
+        assert await store.streams.claim("w2", 5, 60_000) == []  # w1 is alive
+        await store.client.delete(keys.worker("w1"))  # w1 dies: its heartbeat runs out
+        await store.client.zadd(keys.READY, {"a": 0})
+        [taken] = await store.streams.claim("w2", 5, 60_000)
+        assert taken.token > lease.token and taken.worker_id == "w2"
+        with pytest.raises(StaleLease):
+            await store.streams.commit(lease, [result(1)], None, 60_000)
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+async def test_a_session_that_never_got_a_frame_expires_early(make_store):
+    store = make_store()
+    unused = record("a", created_at=100.0, idle=60)
+    unused.unused_timeout_s = 5.0
+    await store.sessions.create(unused)
+    await store.sessions.touch("a", 103.0)  # a ping: no frame yet
+    assert await store.sessions.expired(106.0) == ["a"]
+    await store.streams.append("a", frame(0), keep=5)
+    await store.sessions.touch("a", 104.0)  # the first frame: the idle timeout from now on
+    assert await store.sessions.expired(106.0) == []
+    assert await store.sessions.expired(164.0) == ["a"]
+    await store.close()

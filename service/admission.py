@@ -1,0 +1,84 @@
+"""Who may open a session now: load-based admission, and a rate limit per client.
+
+A new session is refused with ``503`` + ``Retry-After`` while the workers are saturated — their
+frame lag (how long frames wait before their forward, smoothed) is above
+``admission_max_lag_s``, or every worker holds its maximum of sessions — so that the sessions
+already admitted keep their latency at twice the sustainable load, and ``/readyz`` says
+``saturated`` meanwhile. ``POST /sessions`` is also rate-limited per client (API key, else
+address) on each gateway: a token bucket of ``create_burst`` that refills at
+``create_rate_per_min``; over it, ``429`` + ``Retry-After``.
+
+In the embedded default the load is the in-process worker's; in a pool it is what the workers
+publish with their heartbeats (:meth:`service.store.StreamLog.pool_load`), read at most once a
+second.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+from service.errors import ApiError
+from service.settings import Settings
+from service.store import STORE_ERRORS, Store, WorkerLoad
+
+if TYPE_CHECKING:
+    from service.worker.loop import InferenceLoop
+
+POOL_LOAD_EVERY_S = 1.0
+MAX_CLIENTS_TRACKED = 10_000  # buckets kept; the oldest go first
+
+
+class Admission:
+    def __init__(self, settings: Settings, store: Store, inference: InferenceLoop | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.inference = inference
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
+        self._pool: list[WorkerLoad] = []
+        self._pool_at = 0.0
+
+    def check_rate(self, client: str) -> None:
+        """Spend one create from ``client``'s bucket, or raise 429."""
+        rate = self.settings.create_rate_per_min / 60.0
+        burst = float(self.settings.create_burst)
+        now = time.monotonic()
+        tokens, at = self._buckets.pop(client, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._buckets[client] = (tokens, now)
+            wait = math.ceil((1.0 - tokens) / rate) if rate > 0 else 60
+            raise ApiError(429, "rate_limited", f"too many sessions created from this client; retry in {wait} s",
+                           headers={"Retry-After": str(wait)})
+        self._buckets[client] = (tokens - 1.0, now)
+        while len(self._buckets) > MAX_CLIENTS_TRACKED:
+            self._buckets.pop(next(iter(self._buckets)))
+
+    async def saturated(self) -> str | None:
+        """Why the workers cannot take another session now, or None."""
+        limit = self.settings.admission_max_lag_s
+        if self.inference is not None:  # this process's worker
+            loads = [self.inference.load()]
+        else:
+            now = time.monotonic()
+            if now - self._pool_at > POOL_LOAD_EVERY_S:
+                self._pool_at = now
+                try:
+                    self._pool = await self.store.streams.pool_load()
+                except STORE_ERRORS:
+                    pass  # the store is away: the create fails on it anyway
+            loads = self._pool
+        if not loads:
+            return None  # no worker has said anything yet (a pool starting): nothing to go by
+        if all(load.held >= load.max_sessions for load in loads):
+            return "every worker holds its maximum of sessions"
+        if all(load.lag_s > limit for load in loads):
+            return f"frames wait {min(load.lag_s for load in loads):.1f} s for inference (limit {limit:g} s)"
+        return None
+
+    async def check_load(self) -> None:
+        reason = await self.saturated()
+        if reason is not None:
+            raise ApiError(503, "saturated", f"the service is at capacity ({reason}); retry later",
+                           headers={"Retry-After": "5"})

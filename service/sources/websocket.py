@@ -145,7 +145,7 @@ class WebSocketInput:
             self._video = VideoStreamDecoder(
                 self._pipe, model.frame_rate, model.input_size, settings.max_frame_pixels,
                 stream_fps=self.stream_fps, short_side=model.short_side, exact=settings.exact_preprocess,
-                name=f"video-{self.session_id}")
+                low_delay=not self.block, name=f"video-{self.session_id}")  # block: a recording
             self._video.start()
         log.info(kv("input_opened", session_id=self.session_id, mode=mode))
 

@@ -53,7 +53,7 @@ def state_sizes() -> dict:
 
     import model
     from model.streaming import WindowedStream
-    from service.worker.runner import Runner, SessionState
+    from service.worker.runner import encode_checkpoint
 
     out = {}
     for name, weights, size in (("bundled A0 64px", "motion", 64), ("official-size A0 172px", None, 172)):
@@ -65,10 +65,8 @@ def state_sizes() -> dict:
             for _ in range(12):
                 stream.step([slot], torch.rand(1, 3, 1, size, size))
         smoothed = np.zeros(len(net.labels or range(600)), np.float32)
-        session = SessionState("s", None, window=stream.window, top_k=5, min_score=0.0, smoothing=0.0,
-                               slot=slot, smoothed=smoothed)
-        full = Runner().encode(session)
-        half = Runner(checkpoint_half=True).encode(session)
+        full = encode_checkpoint(slot, False, smoothed)
+        half = encode_checkpoint(slot, False, smoothed, half=True)
         packed = zlib.compress(full, 1)
         out[name] = {"fp32_bytes": len(full), "fp16_bytes": len(half), "fp32_zlib1_bytes": len(packed)}
         print(f"state {name}: fp32 {len(full) / 1e3:.1f} kB, fp16 {len(half) / 1e3:.1f} kB, "

@@ -163,7 +163,9 @@ class InferenceLoop:
         return WorkerLoad(self.worker_id, len(self._held), self.max_sessions, round(lag, 3))
 
     def forget(self, session_id: str) -> None:
-        self._held.pop(session_id, None)
+        held = self._held.pop(session_id, None)
+        if held is not None:
+            self.runner.release(held.state)
         self._gauges()
 
     def _gauges(self) -> None:
@@ -189,6 +191,8 @@ class InferenceLoop:
         self.metrics.store_errors.labels("worker").inc()
         if self._held:
             self.metrics.leases_lost.labels("store_error").inc(len(self._held))
+        for held in self._held.values():
+            self.runner.release(held.state)
         self._held.clear()
         self._gauges()
         self._backoff = min(max(0.1, self._backoff * 2), 5.0)
@@ -290,7 +294,7 @@ class InferenceLoop:
                 await self._in_thread(self.runner.restore, state, lease.checkpoint)
             except Exception as exc:
                 log.error(kv("checkpoint_unreadable", session_id=lease.session_id, error=repr(exc)))
-                state.reset()
+                self.runner.restart(state)
                 held.cursor = lease.processed_seq  # start afresh after what was already answered
         replay: list[Frame] = []
         if held.cursor < lease.processed_seq:
@@ -301,6 +305,7 @@ class InferenceLoop:
             for start in range(0, len(replay), REPLAY_CHUNK):
                 await self._in_thread(self.runner.replay, state, replay[start : start + REPLAY_CHUNK])
                 if not (await self.store.streams.renew([lease], self.lease_ttl_ms))[0]:
+                    self.runner.release(state)
                     self.metrics.leases_lost.labels("stale").inc()
                     log.info(kv("lease_lost", worker=self.worker_id, session_id=lease.session_id, reason="stale",
                                 during="replay"))
@@ -350,7 +355,7 @@ class InferenceLoop:
                     await self._in_thread(self.runner.forward, [step])
                 except Exception as single_exc:
                     step.error = "inference failed on this frame"
-                    step.session.reset()
+                    self.runner.restart(step.session)
                     log.error(kv("session_inference_failed", session_id=step.session.session_id,
                                  error=repr(single_exc)))
         elapsed = time.perf_counter() - started

@@ -1,14 +1,16 @@
 """The model side of the worker: the only module of the service that touches torch.
 
-A :class:`SessionState` is what a worker keeps of a session it holds: the model, the stream state
-(both rows of a windowed slot, or the unbounded state) and the smoothed scores. The
-:class:`Runner` steps a batch of sessions of one model group one frame each in one forward
-(:meth:`Runner.forward`), feeds logged frames to a resumed session (:meth:`Runner.replay`),
-and writes and reads checkpoints (:meth:`Runner.encode`, :meth:`Runner.restore`).
+A :class:`SessionState` is what a worker keeps of a session it holds: the model, its rows in the
+model group's :class:`~service.worker.bank.StateBank` (the states of every session of the group
+stacked in batch tensors on the device) and the smoothed scores. The :class:`Runner` steps a
+batch of sessions of one group one frame each in one forward (:meth:`Runner.forward`: gather the
+rows, forward, scatter back; softmax and top-k for all rows at once), feeds logged frames to a
+resumed session (:meth:`Runner.replay`), and writes and reads checkpoints
+(:meth:`Runner.encode`, :meth:`Runner.restore`).
 
 Checkpoint bytes are the versioned safetensors state format of :mod:`model.state` (never
-pickle): the slot's tensors and counters (:meth:`model.streaming.Slot.to_tensors`) or the
-unbounded state, the smoothed scores, and a JSON header. ``half=True`` stores float16 (smaller,
+pickle): the rows as a slot (:meth:`model.streaming.Slot.to_tensors`) or the unbounded state,
+the smoothed scores, and a JSON header. ``half=True`` stores float16 (smaller,
 not bit-exact). Everything here blocks: the worker loop calls it in its inference thread.
 """
 
@@ -25,13 +27,14 @@ from model.state import state_and_metadata_from_bytes
 from model.streaming import Slot
 from service.registry import LoadedModel
 from service.store import Frame
+from service.worker.bank import StateBank, StreamRows, smooth
 
 CHECKPOINT_KIND = "movinet-session"
 
 
 @dataclass
 class SessionState:
-    """One session's model state in the worker that holds it."""
+    """One session's model state in the worker that holds it: its rows in the group's bank."""
 
     session_id: str
     model: LoadedModel
@@ -39,17 +42,13 @@ class SessionState:
     top_k: int
     min_score: float
     smoothing: float
-    slot: Slot | None = None  # windowed
-    state: dict[str, torch.Tensor] | None = None  # unbounded
+    stream: StreamRows | None = None  # its rows in the group's StateBank (allocated on first use)
     smoothed: np.ndarray | None = None
 
     @property
     def group(self) -> tuple[str, int | None]:
-        """Sessions of one group share a forward."""
+        """Sessions of one group share a bank and a forward."""
         return (self.model.key, self.window)
-
-    def reset(self) -> None:
-        self.slot = self.state = self.smoothed = None
 
 
 @dataclass
@@ -64,45 +63,67 @@ class Step:
 
 
 class Runner:
+    """Owns the states of the sessions a worker holds, one :class:`StateBank` per model group."""
+
     def __init__(self, checkpoint_half: bool = False) -> None:
         self.checkpoint_half = checkpoint_half
+        self._banks: dict[tuple[str, int | None], StateBank] = {}
+
+    def bank(self, session: SessionState) -> StateBank:
+        bank = self._banks.get(session.group)
+        if bank is None:
+            loaded = session.model
+            size = loaded.input_size
+            with torch.inference_mode():
+                template = loaded.net.init_state(1, size, size)
+            bank = self._banks[session.group] = StateBank(template, session.window)
+        return bank
+
+    def _rows(self, session: SessionState) -> StreamRows:
+        if session.stream is None:
+            session.stream = self.bank(session).allocate()
+        return session.stream
+
+    def release(self, session: SessionState) -> None:
+        """The worker lets the session go: its rows are free for another."""
+        if session.stream is not None:
+            self.bank(session).free(session.stream)
+            session.stream = None
+
+    def restart(self, session: SessionState) -> None:
+        """Start the session's stream afresh (after a failed forward or an unreadable checkpoint)."""
+        if session.stream is not None:
+            self.bank(session).restart(session.stream)
+        session.smoothed = None
 
     def forward(self, steps: list[Step]) -> None:
         """One batched step (T=1) for ``steps`` of one group; fills probabilities and labels and
         updates the sessions' states. Raises on a failed forward (the caller isolates it)."""
         first = steps[0].session
         loaded = first.model
-        size = loaded.input_size
         pixels = np.stack([np.frombuffer(s.frame.data, np.uint8).reshape(s.frame.height, s.frame.width, 3)
                            for s in steps])  # (N, H, W, 3)
         video = torch.from_numpy(pixels).to(loaded.device or "cpu", non_blocking=True)
         video = video.permute(0, 3, 1, 2).unsqueeze(2).float().div_(255.0)  # (N, 3, 1, H, W)
+        bank = self.bank(first)
+        streams = [self._rows(s.session) for s in steps]
         with torch.inference_mode():
-            if first.window is None:
-                states = []
-                for step in steps:
-                    if step.session.state is None:
-                        step.session.state = loaded.net.init_state(1, size, size)
-                    states.append(step.session.state)
-                logits, state = loaded.step(video, movinet.stack_states(states))  # (N, classes)
-                for step, new_state in zip(steps, movinet.split_states(state), strict=True):
-                    step.session.state = new_state
-            else:
-                stream = loaded.windowed(first.window)
-                for step in steps:
-                    if step.session.slot is None:
-                        step.session.slot = stream.new_slot()
-                logits = stream.step([s.session.slot for s in steps], video)  # (N, classes)
+            logits = bank.step(streams, video, loaded.step)  # (N, classes)
             probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         if not np.isfinite(probs).all():
             raise FloatingPointError("non-finite scores")
+        k = min(max(s.session.top_k for s in steps), probs.shape[1])
         for step, row in zip(steps, probs, strict=True):
             session = step.session
-            if session.smoothing > 0 and session.smoothed is not None:
-                row = session.smoothing * session.smoothed + (1.0 - session.smoothing) * row
-            session.smoothed = row
-            step.probs = row
-            step.labels = top_labels(row, loaded.labels, session.top_k, session.min_score)
+            row = smooth(session.smoothed, row, session.smoothing)
+            session.smoothed = step.probs = row
+        order = np.argsort(-np.stack([s.probs for s in steps]), axis=1, kind="stable")[:, :k]  # (N, k)
+        names = loaded.labels
+        for step, top in zip(steps, order, strict=True):
+            session, row = step.session, step.probs
+            step.labels = [{"id": int(i), "name": names[i] if i < len(names) else str(i),
+                            "score": round(float(row[i]), 4)}
+                           for i in top[: session.top_k] if row[i] >= session.min_score]
 
     def replay(self, session: SessionState, frames: list[Frame]) -> None:
         """Feed logged frames to a resumed session, one at a time as they went the first time."""
@@ -111,23 +132,36 @@ class Runner:
 
     def encode(self, session: SessionState) -> bytes | None:
         """The session's checkpoint, or None when it has no state yet."""
-        tensors: dict[str, torch.Tensor] = {}
-        meta: dict[str, Any] = {"kind": CHECKPOINT_KIND}
-        if session.slot is not None:
-            slot_tensors, meta["slot"] = session.slot.to_tensors()
-            tensors.update(slot_tensors)
-        elif session.state is not None:
-            tensors.update({f"state/{key}": value for key, value in session.state.items()})
-        else:
+        if session.stream is None or session.stream.frames_seen == 0:
             return None
-        if session.smoothed is not None:
-            tensors["smoothed"] = torch.as_tensor(session.smoothed, dtype=torch.float32)
-        return movinet.state_to_bytes(tensors, half=self.checkpoint_half, metadata=meta)
+        slot = self.bank(session).to_slot(session.stream)
+        return encode_checkpoint(slot, session.window is None, session.smoothed, half=self.checkpoint_half)
 
     def restore(self, session: SessionState, data: bytes) -> None:
-        """Load a checkpoint into ``session`` (on its model's device); ``ValueError`` on bytes that
-        are not a session checkpoint."""
-        session.slot, session.state, session.smoothed = decode_checkpoint(data, session.model.device)
+        """Load a checkpoint into ``session``; ``ValueError`` on bytes that are not a session
+        checkpoint (the session then starts afresh)."""
+        slot, state, smoothed = decode_checkpoint(data)
+        rows = self._rows(session)
+        if slot is None and state is not None:  # an unbounded session: one row
+            slot = Slot(window=0, frames_seen=1, states=[state, None], counts=[1, 0])
+        if slot is None:
+            raise ValueError("the checkpoint holds no state")
+        self.bank(session).load_slot(rows, slot)
+        session.smoothed = smoothed
+
+
+def encode_checkpoint(slot: Slot, unbounded: bool, smoothed: np.ndarray | None, *, half: bool = False) -> bytes:
+    """Checkpoint bytes of a session's rows (``unbounded``: row 0 only, as the unbounded state)."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"kind": CHECKPOINT_KIND}
+    if unbounded:
+        tensors.update({f"state/{key}": value for key, value in (slot.states[0] or {}).items()})
+    else:
+        slot_tensors, meta["slot"] = slot.to_tensors()
+        tensors.update(slot_tensors)
+    if smoothed is not None:
+        tensors["smoothed"] = torch.as_tensor(smoothed, dtype=torch.float32)
+    return movinet.state_to_bytes(tensors, half=half, metadata=meta)
 
 
 def decode_checkpoint(data: bytes, device: Any = None) -> tuple[Slot | None, dict[str, torch.Tensor] | None, Any]:
@@ -145,12 +179,3 @@ def decode_checkpoint(data: bytes, device: Any = None) -> tuple[Slot | None, dic
     elif any(k.startswith("state/") for k in tensors):
         state = {k[len("state/"):]: v for k, v in tensors.items() if k.startswith("state/")}
     return slot, state, smoothed
-
-
-def top_labels(probs: np.ndarray, names: list[str], top_k: int, min_score: float) -> list[dict[str, Any]]:
-    """The ``top_k`` classes by score (at least ``min_score``), best first."""
-    k = min(top_k, probs.shape[0])
-    top = np.argpartition(-probs, k - 1)[:k]
-    top = top[np.argsort(-probs[top], kind="stable")]
-    return [{"id": int(i), "name": names[i] if i < len(names) else str(i), "score": round(float(probs[i]), 4)}
-            for i in top if probs[i] >= min_score]

@@ -1,0 +1,148 @@
+"""The stream states of one model group's sessions, stacked in batch tensors on the device.
+
+A :class:`StateBank` keeps every state tensor of a model as one ``[capacity, ...]`` tensor, one
+row per stream. A windowed session (:mod:`model.streaming`: two staggered streams, each reset
+after ``window`` frames, the answer read from the older) owns two rows, an unbounded one a
+single row; rows are allocated when a worker adopts a session and freed when it lets go. A
+tick gathers the rows that take a frame (``index_select``), runs one forward, and scatters the
+new states back (``index_copy_``): no per-session stacking and splitting of state dicts.
+
+The arithmetic is the one of :class:`model.streaming.WindowedStream` (equal outputs: tested),
+and a bank row converts to and from a :class:`model.streaming.Slot` for checkpoints.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from model.streaming import Slot
+
+Forward = Callable[[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class StreamRows:
+    """One session's rows in a bank and where its windows stand."""
+
+    __slots__ = ("rows", "frames_seen", "counts")
+
+    def __init__(self, rows: tuple[int, ...]) -> None:
+        self.rows = rows
+        self.frames_seen = 0
+        self.counts = [0] * len(rows)  # frames each row has seen since its reset
+
+
+class StateBank:
+    def __init__(self, template: dict[str, torch.Tensor], window: int | None, capacity: int = 16) -> None:
+        """``template``: a one-stream zero state (``net.init_state(1, h, w)``); ``window``: None for
+        unbounded sessions (one row each, never reset)."""
+        self.window = window
+        self.rows_per_session = 1 if window is None else 2
+        self._template = {k: v[:1].clone() for k, v in template.items()}
+        self.state = {k: v.new_zeros((capacity, *v.shape[1:])) for k, v in self._template.items()}
+        self._free = list(range(capacity - 1, -1, -1))
+        self._lock = threading.Lock()  # free() comes from the event loop, the rest from the inference thread
+
+    @property
+    def capacity(self) -> int:
+        return next(iter(self.state.values())).shape[0]
+
+    def allocate(self) -> StreamRows:
+        need = self.rows_per_session
+        with self._lock:
+            if len(self._free) < need:
+                self._grow(max(self.capacity, need))
+            rows = tuple(self._free.pop() for _ in range(need))
+        self._reset(list(rows))
+        return StreamRows(rows)
+
+    def free(self, stream: StreamRows) -> None:
+        with self._lock:
+            self._free.extend(stream.rows)
+
+    def restart(self, stream: StreamRows) -> None:
+        """The stream starts afresh (a failed forward, an unreadable checkpoint)."""
+        self._reset(list(stream.rows))
+        stream.frames_seen = 0
+        stream.counts = [0] * len(stream.rows)
+
+    def _grow(self, extra: int) -> None:
+        old = self.capacity
+        self.state = {k: torch.cat([v, v.new_zeros((extra, *v.shape[1:]))]) for k, v in self.state.items()}
+        self._free.extend(range(old + extra - 1, old - 1, -1))
+
+    def _reset(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, device=next(iter(self.state.values())).device)
+        for key, value in self.state.items():
+            value.index_copy_(0, index, self._template[key].expand(len(rows), *value.shape[1:]))
+
+    @torch.inference_mode()
+    def step(self, streams: list[StreamRows], frames: torch.Tensor, forward: Forward) -> torch.Tensor:
+        """Feed ``frames[i]`` (``[N, 3, 1, H, W]``) to ``streams[i]``; the answer logits ``[N, classes]``."""
+        picks: list[int] = []  # frame index per active row
+        rows: list[int] = []
+        answer: list[int] = []  # position in `rows` of each stream's answer
+        reset: list[int] = []
+        window = self.window
+        for index, stream in enumerate(streams):
+            active = [0] if window is None or stream.frames_seen < window // 2 else [0, 1]
+            best, best_count = -1, -1
+            for r in active:
+                if window is not None and stream.counts[r] >= window:
+                    stream.counts[r] = 0
+                    reset.append(stream.rows[r])
+                stream.counts[r] += 1
+                if stream.counts[r] > best_count:
+                    best, best_count = len(rows), stream.counts[r]
+                rows.append(stream.rows[r])
+                picks.append(index)
+            stream.frames_seen += 1
+            answer.append(best)
+        if reset:
+            self._reset(reset)
+        device = frames.device
+        index = torch.tensor(rows, device=device)
+        batch = {k: v.index_select(0, index) for k, v in self.state.items()}
+        video = frames if picks == list(range(len(streams))) else frames[torch.tensor(picks, device=device)]
+        logits, new = forward(video, batch)
+        for key, value in self.state.items():
+            value.index_copy_(0, index, new[key].to(value.dtype))
+        return logits[torch.tensor(answer, device=logits.device)]
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def to_slot(self, stream: StreamRows) -> Slot:
+        """The stream's rows as a :class:`Slot` (what checkpoints store), copied to the CPU."""
+        states = []
+        for r, row in enumerate(stream.rows):
+            seen = stream.counts[r] > 0
+            states.append({k: v[row : row + 1].cpu().clone() for k, v in self.state.items()} if seen else None)
+        if len(states) == 1:
+            states.append(None)
+            counts = [stream.counts[0], 0]
+        else:
+            counts = list(stream.counts)
+        return Slot(window=self.window or 0, frames_seen=stream.frames_seen, states=states, counts=counts)
+
+    def load_slot(self, stream: StreamRows, slot: Slot) -> None:
+        """Put a checkpoint's slot into ``stream``'s rows."""
+        for r, row in enumerate(stream.rows):
+            state = slot.states[r] if r < len(slot.states) else None
+            if state is None:
+                self._reset([row])
+                stream.counts[r] = 0
+                continue
+            for key, value in self.state.items():
+                value[row : row + 1].copy_(state[key].to(value.device, value.dtype))
+            stream.counts[r] = slot.counts[r]
+        stream.frames_seen = slot.frames_seen
+
+
+def smooth(previous: np.ndarray | None, probs: np.ndarray, smoothing: float) -> np.ndarray:
+    """Exponential smoothing of scores over frames (``previous`` None: the first frame)."""
+    if smoothing <= 0 or previous is None:
+        return probs
+    return smoothing * previous + (1.0 - smoothing) * probs

@@ -1,0 +1,72 @@
+"""The state bank equals model.streaming.WindowedStream: sessions at different positions in one
+forward, window resets, unbounded rows, checkpoints in and out of a bank."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import model
+from model.streaming import Slot, WindowedStream
+from service.worker.bank import StateBank
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return model.create_model("movinet_test_stream", num_classes=7).eval()
+
+
+def frames(count: int, seed: int) -> torch.Tensor:
+    return torch.rand(count, 3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("window", [6, None])
+def test_sessions_at_different_positions_equal_each_alone(net, window):
+    clips = {name: frames(n, seed) for name, n, seed in (("a", 17, 1), ("b", 11, 2), ("c", 5, 3))}
+    starts = {"a": 0, "b": 4, "c": 9}  # when each session joins the shared forwards
+    bank = StateBank(net.init_state(1, SIZE, SIZE), window, capacity=2)  # grows as sessions join
+    streams, got = {}, {name: [] for name in clips}
+    with torch.inference_mode():
+        for tick in range(20):
+            names = [n for n in clips if starts[n] <= tick < starts[n] + len(clips[n])]
+            if not names:
+                continue
+            for name in names:
+                streams.setdefault(name, bank.allocate())
+            batch = torch.cat([clips[n][tick - starts[n]][None] for n in names])
+            logits = bank.step([streams[n] for n in names], batch, net)
+            for name, row in zip(names, logits, strict=True):
+                got[name].append(row)
+        for name, clip in clips.items():
+            if window is None:
+                state, alone = net.init_state(1, SIZE, SIZE), []
+                for frame in clip:
+                    out, state = net(frame[None], state)
+                    alone.append(out[0])
+            else:
+                stream, slot = WindowedStream(net, window=window), Slot(window=window)
+                alone = [stream.step([slot], frame[None])[0] for frame in clip]
+            torch.testing.assert_close(torch.stack(got[name]), torch.stack(alone), atol=1e-5, rtol=1e-4)
+
+
+def test_a_checkpointed_slot_goes_on_in_another_bank(net):
+    clip = frames(14, 7)
+    window = 6
+    first = StateBank(net.init_state(1, SIZE, SIZE), window)
+    stream = first.allocate()
+    with torch.inference_mode():
+        before = [first.step([stream], f[None], net)[0] for f in clip[:8]]
+        slot = Slot.from_bytes(first.to_slot(stream).to_bytes())  # through the checkpoint bytes
+        second = StateBank(net.init_state(1, SIZE, SIZE), window)
+        second.allocate()  # another session's rows first: the slot lands on other rows
+        resumed = second.allocate()
+        second.load_slot(resumed, slot)
+        after = [second.step([resumed], f[None], net)[0] for f in clip[8:]]
+        reference, alone = WindowedStream(net, window=window), Slot(window=window)
+        expected = [reference.step([alone], f[None])[0] for f in clip]
+    torch.testing.assert_close(torch.stack(before + after), torch.stack(expected), atol=1e-5, rtol=1e-4)
+    first.free(stream)
+    assert len(first.allocate().rows) == 2  # freed rows are used again

@@ -253,6 +253,49 @@ def check_onnx(path: str | Path, net: model.MoViNet, *, batch: int = 3, frames: 
         net.train(was_training)
 
 
+# --- running an export -------------------------------------------------------------------------
+
+
+class OnnxStreamStep:
+    """An exported stream model as a one-frame callable, like the PyTorch model's:
+    ``logits, state = step(frames [B,3,1,H,W], state)`` with torch tensors in and out, any ``B``
+    (sessions at different stream positions). onnxruntime releases the GIL while it runs.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int = 0, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.state_names: list[str] = json.loads(meta["state_names"])
+        self.outputs = [LOGITS_OUTPUT] + [state_output_name(name) for name in self.state_names]
+
+    def __call__(self, frames: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        feed = {FRAMES_INPUT: frames.detach().cpu().float().numpy()}
+        feed.update({name: state[name].detach().cpu().numpy() for name in self.state_names})
+        logits, *new = self.session.run(self.outputs, feed)
+        return torch.from_numpy(logits), {n: torch.from_numpy(v) for n, v in zip(self.state_names, new, strict=True)}
+
+
+def onnx_stream_step(net: model.MoViNet, size: tuple[int, int], directory: str | Path, *, threads: int = 0,
+                     tolerance: float = 1e-4) -> OnnxStreamStep:
+    """Export ``net`` (a stream model) to ``directory`` and load it with onnxruntime, checked equal
+    to ``net`` at load: a larger difference than ``tolerance`` on the logits raises ``ValueError``."""
+    path = Path(directory) / f"{net.info.name if net.info else 'stream'}_{size[0]}x{size[1]}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(net, path, size=size)
+    worst = check_onnx(path, net, batch=2, frames=4)
+    if worst > tolerance:
+        raise ValueError(f"the onnxruntime graph differs from the model by {worst:.2e} (> {tolerance:g})")
+    return OnnxStreamStep(path, threads=threads)
+
+
 # --- command line --------------------------------------------------------------------------------
 
 

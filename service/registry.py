@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import ApiError
+from service.errors import ApiError, shown
 from service.logs import kv
 
 log = logging.getLogger("service.registry")
@@ -51,12 +51,14 @@ class LoadedModel:
 
 class ModelRegistry:
     def __init__(self, default_model: str, default_weights: str | None, allow_random_weights: bool,
-                 trace: bool = True, device: str = "auto"):
+                 trace: bool = True, device: str = "auto", backend: str = "torch"):
         self.default_model = default_model
         self.default_weights = default_weights
         self.allow_random_weights = allow_random_weights
         self.trace = trace
+        self.backend = backend
         self.device = resolve_device(device)
+        self._onnx_dir: Any = None
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -97,7 +99,7 @@ class ModelRegistry:
 
         name = name or self.default_model
         if name not in model.list_models():
-            raise ApiError(404, "unknown_model", f"no model named {name!r}; see GET /models")
+            raise ApiError(404, "unknown_model", f"no model named {shown(name)}; see GET /models")
         if model.model_info(name).mode != "stream":
             raise ApiError(422, "model_not_streamable", f"{name} is a base model; use a *_stream model")
         available = list(model.available_weights(name))
@@ -110,7 +112,7 @@ class ModelRegistry:
                 raise ApiError(422, "no_weights", f"no weights are available for {name}")
             weights = available[0]
         if weights not in available:
-            raise ApiError(422, "no_weights", f"weights {weights!r} not available for {name}: {available}")
+            raise ApiError(422, "no_weights", f"weights {shown(weights)} not available for {name}: {available}")
         return name, weights
 
     def get_loaded(self, key: str) -> LoadedModel | None:
@@ -124,8 +126,19 @@ class ModelRegistry:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             if key not in self._loaded:
-                self._loaded[key] = await asyncio.to_thread(_build, name, weights, self.trace, self.device)
+                self._loaded[key] = await asyncio.to_thread(_build, name, weights, self.trace, self.device,
+                                                            self._onnx_directory())
         return self._loaded[key]
+
+    def _onnx_directory(self) -> Any:
+        """Where onnxruntime's exports live (a temporary folder, removed with the process)."""
+        if self.backend != "onnxruntime":
+            return None
+        if self._onnx_dir is None:
+            import tempfile
+
+            self._onnx_dir = tempfile.TemporaryDirectory(prefix="movinet-onnx-")
+        return self._onnx_dir.name
 
     @property
     def loaded(self) -> list[LoadedModel]:
@@ -152,7 +165,7 @@ def resolve_device(device: str) -> Any:
     return resolved
 
 
-def _build(name: str, weights: str, trace: bool = True, device: Any = None) -> LoadedModel:
+def _build(name: str, weights: str, trace: bool = True, device: Any = None, onnx_dir: Any = None) -> LoadedModel:
     import time
 
     import torch
@@ -178,7 +191,12 @@ def _build(name: str, weights: str, trace: bool = True, device: Any = None) -> L
     )
     size = loaded.input_size
     loaded.step = net
-    if trace:  # one-frame calls in TorchScript: no GIL held during a forward (docs/benchmarks.md)
+    if onnx_dir is not None:  # MOVINET_BACKEND=onnxruntime: exported at load, checked equal to torch
+        from model.export import onnx_stream_step
+
+        loaded.step = onnx_stream_step(net.cpu(), (size, size), onnx_dir, threads=torch.get_num_threads())
+        net.to(device)
+    elif trace:  # one-frame calls in TorchScript: no GIL held during a forward (docs/benchmarks.md)
         from model.optimize import trace_frame_step
 
         loaded.step = trace_frame_step(net, size, size)

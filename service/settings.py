@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,6 +26,19 @@ class Settings(BaseSettings):
         None, description="Base URL clients use to reach this server (for frames_url/labels_url); "
         "default: taken from the request."
     )
+    # Limits on what a client may make the server read or keep open (service/api/limits.py).
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest HTTP request body (413 above it); "
+                                "the WebRTC offer route has max_offer_body_bytes.")
+    max_offer_body_bytes: int = Field(160 * 1024, ge=1024, description="Largest body of POST "
+                                      "/sessions/{id}/webrtc: a 64 KiB SDP, JSON-escaped, and room to spare.")
+    http_head_timeout_s: float = Field(10.0, gt=0, description="A connection must send a whole request head "
+                                       "(request line and headers) within this long, else 408 and close.")
+    http_keep_alive_s: int = Field(5, ge=1, description="An idle keep-alive connection is closed after this long.")
+    max_connections: int | None = Field(None, ge=1, description="uvicorn's limit_concurrency: HTTP requests "
+                                        "get 503 while this many connections (WebSockets included) are open. "
+                                        "Unset: no limit beyond the OS's file descriptors.")
+    ws_ping_interval_s: float = Field(20.0, gt=0, description="The server pings every WebSocket this often.")
+    ws_ping_timeout_s: float = Field(20.0, gt=0, description="A WebSocket whose pong is this late is closed.")
 
     # Models.
     model: str = Field("movinet_a0_stream", description="Default model for new sessions.")
@@ -39,6 +52,9 @@ class Settings(BaseSettings):
         "(at least 1), leaving a core to decoding and the event loop.")
     device: str = Field("auto", description="Where models run: auto (the first CUDA GPU if torch sees one, "
                         "else the CPU), cpu, cuda or cuda:N.")
+    backend: Literal["torch", "onnxruntime"] = Field(
+        "torch", description="What runs the one-frame forwards: torch (the traced graph), or onnxruntime (the "
+        "model exported to ONNX at load, checked equal to torch within 1e-4; CUDA provider when there is one).")
     trace_inference: bool = Field(
         True, description="Run one-frame forwards as a TorchScript trace (same outputs; no GIL held while "
         "it runs, so decoding and the sockets go on meanwhile).")

@@ -21,7 +21,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import routes, sockets
-from service.errors import ApiError
+from service.api.bodies import document_bodies, validation_message
+from service.api.limits import BodyLimit
+from service.errors import ApiError, public_reason
 from service.logs import kv
 from service.metrics import Metrics
 from service.registry import ModelRegistry, resolve_device
@@ -87,7 +89,8 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
                                            **({"socket_timeout": settings.redis_socket_timeout_s}
                                               if settings.redis_url else {}))
         state.registry = registry = ModelRegistry(settings.model, settings.weights, settings.allow_random_weights,
-                                                 trace=settings.trace_inference, device=settings.device)
+                                                 trace=settings.trace_inference, device=settings.device,
+                                                 backend=settings.backend)
         state.inference = inference = None
         if role in ("serve", "worker"):
             state.inference = inference = InferenceLoop(settings, store, registry, metrics)
@@ -122,6 +125,8 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
 
     app = FastAPI(title="MoViNet live action recognition", version="0.1.0", description=DESCRIPTION,
                   lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes,
+                       max_offer_body_bytes=settings.max_offer_body_bytes)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -137,8 +142,7 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        return _error(422, "invalid_request", problems)
+        return _error(422, "invalid_request", validation_message(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -151,6 +155,7 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
     app.include_router(routes.sessions)
     app.include_router(routes.models)
     app.include_router(sockets.router)
+    document_bodies(app)
 
     static = Path(str(resources.files("service.api") / "static"))
     if (static / "index.html").is_file():
@@ -167,5 +172,5 @@ async def _preload(app: FastAPI) -> None:
         loaded = await app.state.registry.load(settings.model, settings.weights)
         app.state.metrics.model_loaded(loaded.name)
     except Exception as exc:
-        app.state.model_error = getattr(exc, "message", None) or repr(exc)
+        app.state.model_error = getattr(exc, "message", None) or f"{type(exc).__name__}: {public_reason(exc)}"
         log.error(kv("preload_failed", model=settings.model, weights=settings.weights, error=app.state.model_error))

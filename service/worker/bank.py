@@ -109,7 +109,7 @@ class StateBank:
         video = frames if picks == list(range(len(streams))) else frames[torch.tensor(picks, device=device)]
         logits, new = forward(video, batch)
         for key, value in self.state.items():
-            value.index_copy_(0, index, new[key].to(value.dtype))
+            value.index_copy_(0, index, new[key].to(value.device, value.dtype))
         return logits[torch.tensor(answer, device=logits.device)]
 
     # --- checkpoints --------------------------------------------------------------------------

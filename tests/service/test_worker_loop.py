@@ -15,6 +15,7 @@ from service.settings import Settings
 from service.store import Frame, SessionRecord, Store
 from service.store.memory import memory_store
 from service.worker.loop import InferenceLoop
+from tests.service.conftest import TEST_MODEL, TEST_WEIGHTS
 
 pytestmark = pytest.mark.anyio
 
@@ -37,7 +38,7 @@ def settings(**overrides) -> Settings:
 
 
 async def add_session(store: Store, registry: ModelRegistry, session_id: str, frames: int, seed: int) -> None:
-    loaded = await registry.load("movinet_test_stream", "random")
+    loaded = await registry.load(TEST_MODEL, TEST_WEIGHTS)
     now = time.time()
     options = SessionOptions(top_k=3, window=WindowOptions(frames=6))
     await store.sessions.create(SessionRecord(session_id=session_id, token_hash="h", model=loaded.name,
@@ -126,3 +127,28 @@ async def test_a_second_worker_resumes_from_the_checkpoint_with_the_same_labels(
     await first.stop()
     await second.stop()
     await calm.stop()
+
+
+async def test_the_onnxruntime_backend_gives_the_labels_of_torch(registry):
+    """MOVINET_BACKEND=onnxruntime: the model exported at load, the same labels seq by seq."""
+    pytest.importorskip("onnxruntime")
+    onnx = ModelRegistry("movinet_test_stream", None, allow_random_weights=True, trace=False, device="cpu",
+                         backend="onnxruntime")
+    runs = {}
+    for name, models in (("torch", registry), ("onnxruntime", onnx)):
+        store = memory_store()
+        loop = InferenceLoop(settings(), store, models, Metrics())
+        await add_session(store, models, "a", 9, seed=8)
+        await add_session(store, models, "b", 5, seed=9)
+
+        async def done(store=store):
+            return [(await store.sessions.get(s)).frames_processed for s in "ab"] == [9, 5]
+
+        await run_until(loop, done)
+        runs[name] = [await labels(store, s) for s in "ab"]
+        await loop.stop()
+    for torch_session, onnx_session in zip(runs["torch"], runs["onnxruntime"], strict=True):
+        assert [[i for i, _ in frame] for frame in torch_session] == [[i for i, _ in frame] for frame in onnx_session]
+        scores = [(a, b) for t, o in zip(torch_session, onnx_session, strict=True)
+                  for (_, a), (_, b) in zip(t, o, strict=True)]
+        assert max(abs(a - b) for a, b in scores) <= 2e-4

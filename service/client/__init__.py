@@ -5,6 +5,10 @@ The client decodes the source with PyAV, keeps one frame per slot of the model's
 (so only frames the model will see are sent), downsizes them, and sends each as a JPEG with its
 pts. Files are sent in real time by default; ``--fast`` sends as fast as the server keeps up
 (a few frames in flight, no drops). Labels are printed as they come back.
+
+Every HTTP call goes through :meth:`MovinetClient.request`, which turns a refusal into a
+:class:`ClientError` that names the route, the status and the server's error code, and a
+server that cannot be reached into one that names its URL.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +29,37 @@ import numpy as np
 from PIL import Image
 
 from service.sources.frames import Resampler
+
+
+class ClientError(RuntimeError):
+    """The server refused a request, or cannot be reached; the message says which, for a person."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """``connection refused``, ``name or service not known``, ``timed out``... from a transport error."""
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timed out"
+    seen: BaseException | None = exc
+    while seen is not None:  # httpx wraps the OSError that says what happened
+        if isinstance(seen, OSError) and seen.errno:
+            text = seen.strerror if seen.errno < 0 else os.strerror(seen.errno)
+            return (text or str(seen)).lower()
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
+
+
+def _refusal(method: str, path: str, response: httpx.Response) -> ClientError:
+    try:
+        error = response.json()["error"]
+        code, message = error["code"], error["message"]
+    except (ValueError, KeyError, TypeError):
+        code, message = None, response.text[:200] or response.reason_phrase
+    return ClientError(f"{method} {path}: {response.status_code} {code + ': ' if code else ''}{message}",
+                       status=response.status_code, code=code)
 
 
 @dataclass
@@ -87,17 +123,72 @@ class MovinetClient:
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout = timeout
 
+    async def request(self, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> Any:
+        """One HTTP call; the decoded JSON answer (None for 204). ``token``: a session's, instead
+        of the API key. Raises :class:`ClientError`."""
+        headers = {"Authorization": f"Bearer {token}"} if token else self.headers
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as http:
+                response = await http.request(method, self.url + path, headers=headers, **kwargs)
+        except httpx.TransportError as exc:
+            raise ClientError(f"cannot reach the server at {self.url}: {unreachable_reason(exc)}") from None
+        if response.status_code >= 400:
+            raise _refusal(method, path, response)
+        return response.json() if response.content else None
+
     async def create_session(self, **body: Any) -> dict[str, Any]:
-        async with httpx.AsyncClient(timeout=self.timeout) as http:
-            response = await http.post(f"{self.url}/sessions", json=body, headers=self.headers)
-        if response.status_code != 201:
-            raise RuntimeError(f"POST /sessions failed: {response.status_code} {response.text}")
-        return response.json()
+        return await self.request("POST", "/sessions", json=body)
 
     async def delete_session(self, session: dict[str, Any]) -> None:
-        async with httpx.AsyncClient(timeout=self.timeout) as http:
-            await http.delete(f"{self.url}/sessions/{session['session_id']}",
-                              headers={"Authorization": f"Bearer {session['token']}"})
+        await self.request("DELETE", f"/sessions/{session['session_id']}", token=session["token"])
+
+    async def models(self) -> list[dict[str, Any]]:
+        """``GET /models``: every model a session can use, with its weights."""
+        return (await self.request("GET", "/models"))["models"]
+
+    async def model_labels(self, name: str, weights: str | None = None) -> list[str]:
+        params = {"weights": weights} if weights else None
+        return (await self.request("GET", f"/models/{name}/labels", params=params))["labels"]
+
+    async def sessions(self, page_size: int = 200) -> list[dict[str, Any]]:
+        """``GET /sessions``, every page (needs the API key where the server has keys)."""
+        found: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = await self.request("GET", "/sessions", params={"limit": page_size,
+                                                                  **({"cursor": cursor} if cursor else {})})
+            found += page["sessions"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return found
+
+    async def session(self, session_id: str, token: str | None = None) -> dict[str, Any]:
+        return await self.request("GET", f"/sessions/{session_id}", token=token)
+
+    async def events(self, session_id: str, token: str | None = None) -> list[dict[str, Any]]:
+        """``GET /sessions/{id}/events``: the session's label segments (``start``/``update``/``end``)."""
+        return (await self.request("GET", f"/sessions/{session_id}/events", token=token))["events"]
+
+    async def watch(self, session_id: str, token: str, on_message: Callable[[dict[str, Any]], None],
+                    after_seq: int | None = None) -> int:
+        """Read the labels socket until the server closes it; every message to ``on_message``.
+        Returns the close code. Raises :class:`ClientError` when it cannot connect."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+        url = "ws" + self.url[4:] if self.url.startswith("http") else self.url
+        url += f"/sessions/{session_id}/labels" + (f"?after_seq={after_seq}" if after_seq is not None else "")
+        try:
+            async with connect(url, max_size=None, open_timeout=self.timeout,
+                               additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+                try:
+                    async for raw in ws:
+                        on_message(json.loads(raw))
+                except ConnectionClosed:
+                    pass
+                return ws.close_code or 1006
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise ClientError(f"cannot reach the server at {self.url}: {unreachable_reason(exc)}") from None
 
     async def stream(
         self,

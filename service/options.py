@@ -81,6 +81,18 @@ class BackpressureOptions:
 
 
 @dataclass(frozen=True)
+class EventOptions:
+    """Action segments from the labels, with hysteresis (:mod:`service.worker.events`)."""
+
+    enabled: bool = True
+    enter_score: float = 0.5
+    exit_score: float = 0.3
+    enter_frames: int = 3
+    exit_frames: int = 3
+    update_every_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class SessionOptions:
     source: SourceOptions = field(default_factory=SourceOptions)
     top_k: int = 5
@@ -88,6 +100,7 @@ class SessionOptions:
     smoothing: float = 0.0
     window: WindowOptions = field(default_factory=WindowOptions)
     backpressure: BackpressureOptions = field(default_factory=BackpressureOptions)
+    events: EventOptions = field(default_factory=EventOptions)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -105,6 +118,7 @@ class SessionOptions:
                 smoothing=float(data.get("smoothing", 0.0)),
                 window=WindowOptions(**data.get("window", {})),
                 backpressure=BackpressureOptions(**data.get("backpressure", {})),
+                events=EventOptions(**data.get("events", {})),
             )
         except (TypeError, AttributeError) as exc:
             raise ValueError(f"not session options: {exc}") from None

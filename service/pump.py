@@ -74,6 +74,9 @@ class ResultPump:
             for result in batch:
                 if not await self.connection.send(messages.result(result)):
                     return
+                for event in result.events:  # action segments, committed with this frame's result
+                    if not await self.connection.send(event):
+                        return
                 self.sent_seq = result.seq
             if batch:
                 async with self._progress:

@@ -26,7 +26,7 @@ from service.errors import ApiError, CloseCode
 from service.hub import Closable, ConnectionHub
 from service.logs import kv
 from service.metrics import Metrics
-from service.options import BackpressureOptions, SessionOptions, SourceOptions, WindowOptions
+from service.options import BackpressureOptions, EventOptions, SessionOptions, SourceOptions, WindowOptions
 from service.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
 from service.sources.ingest import FrameSink
@@ -206,6 +206,7 @@ class SessionService:
             backpressure=BackpressureOptions(
                 policy=backpressure.policy or self.settings.drop_policy,
                 max_backlog=min(backpressure.max_backlog or limit, limit)),
+            events=EventOptions(**request.events.model_dump()),
         )
 
     async def get(self, session_id: str) -> SessionRecord:

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api.schemas import (
     ErrorResponse,
+    EventList,
     ModelEntry,
     ModelLabels,
     ModelList,
@@ -113,6 +114,16 @@ async def get_session(session_id: str, service: Service, bearer: Bearer, api_key
     record = await service.get(session_id)
     service.check_token(record, token or bearer, api_key)
     return await service.status(record)
+
+
+@sessions.get("/sessions/{session_id}/events", response_model=EventList, summary="A session's action events",
+              description="The latest action segments (start, update, end) made from the labels, oldest first; "
+              "the same `event` messages go out on the session's sockets. Needs the token or an API key.")
+async def session_events(session_id: str, service: Service, bearer: Bearer, api_key: ApiKey,
+                         token: TokenQuery = None, limit: Annotated[int, Query(ge=1, le=500)] = 500) -> EventList:
+    record = await service.get(session_id)
+    service.check_token(record, token or bearer, api_key)
+    return EventList(events=await service.store.results.events(session_id, limit))
 
 
 @sessions.delete("/sessions/{session_id}", status_code=204, summary="Close a session",

@@ -82,6 +82,22 @@ class BackpressurePolicy(BaseModel):
                                     "default the server's setting, never above it.")
 
 
+class EventPolicy(BaseModel):
+    """Action segments from the labels, with hysteresis: ``{"type": "event"}`` messages and
+    ``GET /sessions/{id}/events``."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, strict=True)
+    enter_score: float = Field(0.5, gt=0.0, le=1.0, description="A class starts a segment when its score is at "
+                               "least this for `enter_frames` frames in a row.")
+    exit_score: float = Field(0.3, ge=0.0, le=1.0, description="The segment ends when its score stays below "
+                              "this for `exit_frames` frames (or another class starts one).")
+    enter_frames: int = Field(3, ge=1, le=1000, strict=True)
+    exit_frames: int = Field(3, ge=1, le=1000, strict=True)
+    update_every_s: float = Field(5.0, gt=0.0, le=3600.0, description="An `update` event this often "
+                                  "(stream seconds) while a segment lasts.")
+
+
 class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     model: str | None = Field(None, description="A name from GET /models; default the server's default model.")
@@ -94,6 +110,7 @@ class SessionCreate(BaseModel):
                              "score = smoothing * previous + (1 - smoothing) * current.")
     window: WindowPolicy = Field(default_factory=WindowPolicy)
     backpressure: BackpressurePolicy = Field(default_factory=BackpressurePolicy)
+    events: EventPolicy = Field(default_factory=EventPolicy)
     idle_timeout_s: float | None = Field(None, gt=0, description="Seconds without frames or messages "
                                          "before the session expires; default the server's.")
 
@@ -194,3 +211,9 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class EventList(BaseModel):
+    events: list[dict[str, Any]] = Field(description="The session's latest action events, oldest first: "
+                                         '`{"type": "event", "phase": "start|update|end", "label", "label_id", '
+                                         '"start_seq", "start_pts", "end_seq", "end_pts", "score", "frames", "at"}`.')

@@ -22,6 +22,10 @@ def results(session_id: str) -> str:
     return f"{PREFIX}:{{{session_id}}}:results"  # stream: results, capped (MAXLEN)
 
 
+def events(session_id: str) -> str:
+    return f"{PREFIX}:{{{session_id}}}:events"  # stream: action events, capped (MAXLEN)
+
+
 def checkpoint(session_id: str) -> str:
     return f"{PREFIX}:{{{session_id}}}:checkpoint"  # hash: seq, state bytes, version
 

@@ -294,10 +294,14 @@ class MemoryStreamLog:
         return sum(1 for log in self._logs.values() if not log.leased(now) and log.pending() > 0)
 
 
+EVENTS_CAP = 500  # events kept per session
+
+
 class MemoryResultLog:
     def __init__(self, cap: int) -> None:
         self._cap = cap
         self._results: dict[str, deque[Result]] = {}
+        self._events: dict[str, deque[dict[str, Any]]] = {}
         self._changed: dict[str, asyncio.Event] = {}
 
     def _event(self, session_id: str) -> asyncio.Event:
@@ -308,6 +312,8 @@ class MemoryResultLog:
         if results and result.seq <= results[-1].seq:
             raise ValueError(f"result seq {result.seq} not after {results[-1].seq}")
         results.append(result)
+        if result.events:
+            self._events.setdefault(session_id, deque(maxlen=EVENTS_CAP)).extend(result.events)
         event = self._changed.pop(session_id, None)  # wake everyone waiting, then start afresh
         if event is not None:
             event.set()
@@ -336,8 +342,12 @@ class MemoryResultLog:
         results = self._results.get(session_id)
         return results[-1] if results else None
 
+    async def events(self, session_id: str, limit: int = 500) -> list[dict[str, Any]]:
+        return list(self._events.get(session_id, ()))[-limit:]
+
     async def delete(self, session_id: str) -> None:
         self._results.pop(session_id, None)
+        self._events.pop(session_id, None)
         event = self._changed.pop(session_id, None)
         if event is not None:
             event.set()

@@ -65,6 +65,7 @@ class Result:
     dropped: int  # frames dropped so far in this session, all reasons (set by the commit)
     produced_at: float
     error: str | None = None  # the frame could not be inferred (labels empty)
+    events: list[dict[str, Any]] = field(default_factory=list)  # action segments this frame starts/updates/ends
 
 
 @dataclass

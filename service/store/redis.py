@@ -58,12 +58,13 @@ _INT_FIELDS = {"frames_received", "frames_processed", "frames_dropped", "next_fr
 _FLOAT_FIELDS = {"created_at", "idle_timeout_s", "last_active_at", "unused_timeout_s"}
 _JSON_FIELDS = {"options", "extra"}
 _RECORD_FIELDS = {f.name for f in fields(SessionRecord)}
-KEY_GRACE_S = 120.0  # session keys outlive the idle timeout by this much (if every reaper is gone)
+KEY_GRACE_S = 120.0
+EVENTS_CAP = 500  # events kept per session (approximately: MAXLEN ~)  # session keys outlive the idle timeout by this much (if every reaper is gone)
 
 
 def _session_keys(session_id: str) -> list[str]:
     return [keys.session(session_id), keys.frames(session_id), keys.results(session_id),
-            keys.checkpoint(session_id), keys.lease(session_id), keys.producer(session_id)]
+            keys.checkpoint(session_id), keys.events(session_id), keys.lease(session_id), keys.producer(session_id)]
 
 
 def _encode(name: str, value: Any) -> str:
@@ -124,13 +125,15 @@ def _result(entry_id: bytes, data: dict[bytes, bytes]) -> Result:
     body = json.loads(data[b"r"])
     return Result(seq=_seq(entry_id), pts=body["pts"], frame_index=body["frame_index"], labels=body["labels"],
                   lag_ms=body["lag_ms"], dropped=int(data.get(b"d", b"0")), produced_at=body["produced_at"],
-                  error=body.get("error"))
+                  error=body.get("error"), events=body.get("events", []))
 
 
 def _result_payload(result: Result) -> str:
-    return json.dumps({"pts": result.pts, "frame_index": result.frame_index, "labels": result.labels,
-                       "lag_ms": result.lag_ms, "produced_at": result.produced_at, "error": result.error},
-                      separators=(",", ":"))
+    body = {"pts": result.pts, "frame_index": result.frame_index, "labels": result.labels,
+            "lag_ms": result.lag_ms, "produced_at": result.produced_at, "error": result.error}
+    if result.events:
+        body["events"] = result.events
+    return json.dumps(body, separators=(",", ":"))
 
 
 class _Scripts:
@@ -206,7 +209,7 @@ class RedisSessionStore:
         return bool(deleted)
 
     async def touch(self, session_id: str, now: float) -> None:
-        await self._s.touch(keys=[*_session_keys(session_id)[:4], keys.EXPIRY], args=[repr(now), KEY_GRACE_S, session_id])
+        await self._s.touch(keys=[*_session_keys(session_id)[:5], keys.EXPIRY], args=[repr(now), KEY_GRACE_S, session_id])
 
     async def add_counters(self, session_id: str, **deltas: int) -> None:
         args: list[Any] = []
@@ -395,11 +398,13 @@ class RedisStreamLog:
                      ttl_ms: int) -> int:
         sid = lease.session_id
         args: list[Any] = [self._owner(lease), ttl_ms, self._cap, checkpoint[0] if checkpoint else 0,
-                           checkpoint[1] if checkpoint else b""]
+                           checkpoint[1] if checkpoint else b"", EVENTS_CAP]
         for result in results:
-            args += [result.seq, _result_payload(result)]
+            args += [result.seq, _result_payload(result),
+                     json.dumps(result.events, separators=(",", ":")) if result.events else ""]
         backlog = await self._s.commit(
-            keys=[keys.session(sid), keys.lease(sid), keys.results(sid), keys.frames(sid), keys.checkpoint(sid)],
+            keys=[keys.session(sid), keys.lease(sid), keys.results(sid), keys.frames(sid), keys.checkpoint(sid),
+                  keys.events(sid)],
             args=args)
         if backlog < 0:
             raise StaleLease(f"lease {lease.token} on {sid} is no longer live")
@@ -456,6 +461,8 @@ class RedisResultLog:
         try:
             await self._r.xadd(keys.results(session_id), {"r": _result_payload(result), "d": result.dropped},
                                id=f"{result.seq}-0", maxlen=self._cap, approximate=False)
+            if result.events:
+                await self._r.xadd(keys.events(session_id), {"e": json.dumps(result.events)}, maxlen=EVENTS_CAP)
         except ResponseError as exc:
             raise ValueError(f"result seq {result.seq} not after the last one: {exc}") from None
 
@@ -472,8 +479,15 @@ class RedisResultLog:
         entries = await self._r.xrevrange(keys.results(session_id), "+", "-", count=1)
         return _result(*entries[0]) if entries else None
 
+    async def events(self, session_id: str, limit: int = 500) -> list[dict[str, Any]]:
+        entries = await self._r.xrevrange(keys.events(session_id), "+", "-", count=limit)
+        found: list[dict[str, Any]] = []
+        for _, data in reversed(entries):
+            found.extend(json.loads(data[b"e"]))
+        return found[-limit:]
+
     async def delete(self, session_id: str) -> None:
-        await self._r.delete(keys.results(session_id))
+        await self._r.delete(keys.results(session_id), keys.events(session_id))
 
 
 class RedisStore(Store):

@@ -34,7 +34,7 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
-# KEYS: session, frames, results, checkpoint, expiry (zset). ARGV: now, grace_s, session_id.
+# KEYS: session, frames, results, checkpoint, events, expiry (zset). ARGV: now, grace_s, session_id.
 # Moves the idle deadline (in the record and the expiry zset, so a deleted session leaves no orphan).
 TOUCH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
@@ -46,14 +46,14 @@ if now > last then
 end
 local timeout = tonumber(redis.call('HGET', KEYS[1], 'idle_timeout_s') or '60')
 local ttl = math.floor((timeout + tonumber(ARGV[2])) * 1000)
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+for i = 1, #KEYS - 1 do redis.call('PEXPIRE', KEYS[i], ttl) end
 local deadline = last + timeout
 -- A session that never got a frame expires unused_timeout_s after its creation (SessionRecord.expires_at).
 local unused = tonumber(redis.call('HGET', KEYS[1], 'unused_timeout_s') or '0')
 if unused > 0 and tonumber(redis.call('HGET', KEYS[1], 'frames_received') or '0') == 0 then
   deadline = math.min(deadline, tonumber(redis.call('HGET', KEYS[1], 'created_at')) + unused)
 end
-redis.call('ZADD', KEYS[5], deadline, ARGV[3])
+redis.call('ZADD', KEYS[#KEYS], deadline, ARGV[3])
 return 1
 """
 
@@ -141,18 +141,20 @@ local function save_checkpoint(checkpoint, frames, seq, data, owner)
 end
 """
 
-# KEYS: session, lease, results, frames, checkpoint.
-# ARGV: owner, ttl_ms, results_cap, checkpoint_seq (0 = none), checkpoint_data, then seq, result...
+# KEYS: session, lease, results, frames, checkpoint, events.
+# ARGV: owner, ttl_ms, results_cap, checkpoint_seq (0 = none), checkpoint_data, events_cap, then
+# seq, result, events (JSON list, '' = none) for each result.
 # Returns the session's backlog after the commit, or -1 (stale lease / session gone: nothing changed).
 COMMIT = SAVE_CHECKPOINT_LUA + PENDING_LUA + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local processed = tonumber(redis.call('HGET', KEYS[1], 'processed_seq') or '0')
 local dropped = redis.call('HGET', KEYS[1], 'frames_dropped') or '0'
 local appended = 0
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 3 do
   local seq = tonumber(ARGV[i])
   if seq > processed then
     redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], seq .. '-0', 'r', ARGV[i + 1], 'd', dropped)
+    if ARGV[i + 2] ~= '' then redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', 'e', ARGV[i + 2]) end
     processed = seq
     appended = appended + 1
   end

@@ -39,6 +39,7 @@ from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
 from service.store import Frame, Lease, Result, StaleLease, Store, WorkerLoad
+from service.worker.events import EventDetector
 from service.worker.runner import Runner, SessionState, Step
 
 log = logging.getLogger("service.worker")
@@ -330,7 +331,8 @@ class InferenceLoop:
         window = options.window.length
         return SessionState(session_id=session_id, model=loaded,
                             window=None if options.window.policy == "unbounded" else (window or loaded.clip_frames),
-                            top_k=options.top_k, min_score=options.min_score, smoothing=options.smoothing)
+                            top_k=options.top_k, min_score=options.min_score, smoothing=options.smoothing,
+                            events=EventDetector(options.events, loaded.labels) if options.events.enabled else None)
 
     # --- inference and commits ------------------------------------------------------------------
 
@@ -371,7 +373,7 @@ class InferenceLoop:
         now = time.time()
         lag = max(0.0, now - frame.received_at)
         result = Result(seq=frame.seq, pts=frame.pts, frame_index=frame.frame_index, labels=step.labels,
-                        lag_ms=lag * 1000.0, dropped=0, produced_at=now, error=step.error)
+                        lag_ms=lag * 1000.0, dropped=0, produced_at=now, error=step.error, events=step.events)
         checkpoint = None
         if self.checkpoint_every and held.since_checkpoint >= self.checkpoint_every and step.error is None:
             data = await self._in_thread(self.runner.encode, held.state)

@@ -16,6 +16,7 @@ not bit-exact). Everything here blocks: the worker loop calls it in its inferenc
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from model.streaming import Slot
 from service.registry import LoadedModel
 from service.store import Frame
 from service.worker.bank import StateBank, StreamRows, smooth
+from service.worker.events import EventDetector
 
 CHECKPOINT_KIND = "movinet-session"
 
@@ -44,6 +46,7 @@ class SessionState:
     smoothing: float
     stream: StreamRows | None = None  # its rows in the group's StateBank (allocated on first use)
     smoothed: np.ndarray | None = None
+    events: EventDetector | None = None  # action segments from the labels (None: off)
 
     @property
     def group(self) -> tuple[str, int | None]:
@@ -60,6 +63,7 @@ class Step:
     probs: np.ndarray | None = None
     labels: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None  # the forward failed for this session (an error result)
+    events: list[dict[str, Any]] = field(default_factory=list)  # action events this frame makes
 
 
 class Runner:
@@ -124,6 +128,8 @@ class Runner:
             step.labels = [{"id": int(i), "name": names[i] if i < len(names) else str(i),
                             "score": round(float(row[i]), 4)}
                            for i in top[: session.top_k] if row[i] >= session.min_score]
+            if session.events is not None:
+                step.events = session.events.step(row, step.frame.seq, step.frame.pts, time.time())
 
     def replay(self, session: SessionState, frames: list[Frame]) -> None:
         """Feed logged frames to a resumed session, one at a time as they went the first time."""
@@ -135,12 +141,13 @@ class Runner:
         if session.stream is None or session.stream.frames_seen == 0:
             return None
         slot = self.bank(session).to_slot(session.stream)
-        return encode_checkpoint(slot, session.window is None, session.smoothed, half=self.checkpoint_half)
+        return encode_checkpoint(slot, session.window is None, session.smoothed, half=self.checkpoint_half,
+                                 events=session.events.to_dict() if session.events is not None else None)
 
     def restore(self, session: SessionState, data: bytes) -> None:
         """Load a checkpoint into ``session``; ``ValueError`` on bytes that are not a session
         checkpoint (the session then starts afresh)."""
-        slot, state, smoothed = decode_checkpoint(data)
+        slot, state, smoothed, meta = _decode(data)
         rows = self._rows(session)
         if slot is None and state is not None:  # an unbounded session: one row
             slot = Slot(window=0, frames_seen=1, states=[state, None], counts=[1, 0])
@@ -148,12 +155,18 @@ class Runner:
             raise ValueError("the checkpoint holds no state")
         self.bank(session).load_slot(rows, slot)
         session.smoothed = smoothed
+        if session.events is not None and isinstance(meta.get("events"), dict):
+            session.events.load(meta["events"])
 
 
-def encode_checkpoint(slot: Slot, unbounded: bool, smoothed: np.ndarray | None, *, half: bool = False) -> bytes:
-    """Checkpoint bytes of a session's rows (``unbounded``: row 0 only, as the unbounded state)."""
+def encode_checkpoint(slot: Slot, unbounded: bool, smoothed: np.ndarray | None, *, half: bool = False,
+                      events: dict[str, Any] | None = None) -> bytes:
+    """Checkpoint bytes of a session's rows (``unbounded``: row 0 only, as the unbounded state),
+    its smoothed scores and its event detector's state."""
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {"kind": CHECKPOINT_KIND}
+    if events is not None:
+        meta["events"] = events
     if unbounded:
         tensors.update({f"state/{key}": value for key, value in (slot.states[0] or {}).items()})
     else:
@@ -166,6 +179,10 @@ def encode_checkpoint(slot: Slot, unbounded: bool, smoothed: np.ndarray | None, 
 
 def decode_checkpoint(data: bytes, device: Any = None) -> tuple[Slot | None, dict[str, torch.Tensor] | None, Any]:
     """``(slot, state, smoothed)`` from checkpoint bytes, the state on ``device`` (default CPU)."""
+    return _decode(data, device)[:3]
+
+
+def _decode(data: bytes, device: Any = None) -> tuple[Slot | None, dict[str, torch.Tensor] | None, Any, dict]:
     tensors, meta = state_and_metadata_from_bytes(data)
     if meta.get("kind") != CHECKPOINT_KIND:
         raise ValueError("not a session checkpoint")
@@ -178,4 +195,4 @@ def decode_checkpoint(data: bytes, device: Any = None) -> tuple[Slot | None, dic
         slot = Slot.from_tensors(tensors, meta["slot"])
     elif any(k.startswith("state/") for k in tensors):
         state = {k[len("state/"):]: v for k, v in tensors.items() if k.startswith("state/")}
-    return slot, state, smoothed
+    return slot, state, smoothed, meta

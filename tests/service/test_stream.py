@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import av
+import httpx
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
@@ -236,3 +237,16 @@ def _closes_right_after_eos(server) -> None:
             return json.loads(await asyncio.wait_for(again.recv(), 5))["type"]
 
     assert asyncio.run(run()) == "session"
+
+
+def test_action_events_reach_the_sockets_and_the_events_route(server):
+    """Per-frame labels become action segments: `event` messages on the socket, and the same
+    events from GET /sessions/{id}/events."""
+    session = server.create(events={"enter_score": 0.2, "exit_score": 0.1, "enter_frames": 2, "exit_frames": 1})
+    frames = np.concatenate([moving_frames(15, direction="right", seed=21), moving_frames(15, direction="up", seed=22)])
+    messages, code = asyncio.run(_stream_images(server, session, frames, [i / 5 for i in range(30)], pace_s=0.02))
+    assert code == 1000
+    events = [m for m in messages if m["type"] == "event"]
+    assert events and events[0]["phase"] == "start" and all(e["phase"] in ("start", "update", "end") for e in events)
+    got = httpx.get(f"{server.http}/sessions/{session['session_id']}/events", params={"token": session["token"]})
+    assert got.status_code == 200 and got.json()["events"] == events

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.metrics import Metrics
-from service.options import SessionOptions, WindowOptions
+from service.options import EventOptions, SessionOptions, WindowOptions
 from service.registry import ModelRegistry
 from service.settings import Settings
 from service.store import Frame, SessionRecord, Store
@@ -40,7 +40,9 @@ def settings(**overrides) -> Settings:
 async def add_session(store: Store, registry: ModelRegistry, session_id: str, frames: int, seed: int) -> None:
     loaded = await registry.load(TEST_MODEL, TEST_WEIGHTS)
     now = time.time()
-    options = SessionOptions(top_k=3, window=WindowOptions(frames=6))
+    options = SessionOptions(top_k=3, window=WindowOptions(frames=6),
+                             events=EventOptions(enter_score=0.2, exit_score=0.1, enter_frames=2, exit_frames=1,
+                                                 update_every_s=0.4))
     await store.sessions.create(SessionRecord(session_id=session_id, token_hash="h", model=loaded.name,
                                               weights=loaded.weights, options=options, created_at=now,
                                               idle_timeout_s=60, last_active_at=now))
@@ -124,6 +126,10 @@ async def test_a_second_worker_resumes_from_the_checkpoint_with_the_same_labels(
     results = await store.results.read_after("a", 0, limit=100)
     assert [r.seq for r in results] == list(range(1, 12))
     assert await labels(store, "a") == await labels(calm_store, "a")
+    # The action events too: computed once, the same across the takeover (their wall-clock `at` aside).
+    calm_events = [{k: v for k, v in e.items() if k != "at"} for e in await calm_store.results.events("a")]
+    events = [{k: v for k, v in e.items() if k != "at"} for e in await store.results.events("a")]
+    assert calm_events and events == calm_events
     await first.stop()
     await second.stop()
     await calm.stop()

@@ -392,3 +392,19 @@ async def test_a_session_that_never_got_a_frame_expires_early(make_store):
     assert await store.sessions.expired(106.0) == []
     assert await store.sessions.expired(164.0) == ["a"]
     await store.close()
+
+
+async def test_events_are_committed_with_their_result_once(make_store):
+    store = make_store()
+    await with_frames(store, "a", 2)
+    [lease] = await store.streams.claim("w1", 5, 5000)
+    started = {"type": "event", "phase": "start", "label": "x", "label_id": 1, "start_seq": 1, "start_pts": 0.2}
+    first = result(1)
+    first.events = [started]
+    await store.streams.commit(lease, [first], None, 5000)
+    await store.streams.commit(lease, [first], None, 5000)  # a replayed duplicate: ignored
+    assert await store.results.events("a") == [started]
+    assert (await store.results.read_after("a", 0))[0].events == [started]
+    await store.delete_session("a")
+    assert await store.results.events("a") == []
+    await store.close()

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import routes, sockets
 from service.api.bodies import document_bodies, validation_message
+from service.api.docs import add_docs
 from service.api.limits import BodyLimit
 from service.errors import ApiError, public_reason
 from service.logs import kv
@@ -124,7 +125,7 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
             log.info(kv("stopped", role=role))
 
     app = FastAPI(title="MoViNet live action recognition", version="0.1.0", description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)  # add_docs: served from here, no CDN
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes,
                        max_offer_body_bytes=settings.max_offer_body_bytes)
 
@@ -150,6 +151,7 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
         return _error(exc.status_code, code, str(exc.detail))
 
     app.include_router(routes.ops)
+    add_docs(app)
     if role == "worker":
         return app
     app.include_router(routes.sessions)

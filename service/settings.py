@@ -73,9 +73,10 @@ class Settings(BaseSettings):
     admission_max_lag_s: float = Field(
         1.0, gt=0, description="New sessions get 503 + Retry-After while frames wait longer than this for "
         "inference on every worker (or every worker holds its maximum): admitted sessions keep their latency.")
-    create_rate_per_min: float = Field(60.0, gt=0, description="POST /sessions per minute per client (API "
+    create_rate_per_min: float = Field(600.0, gt=0, description="POST /sessions per minute per client (API "
                                        "key, else address), on each gateway.")
-    create_burst: int = Field(20, ge=1, description="POST /sessions a client may make at once.")
+    create_burst: int = Field(200, ge=1, description="POST /sessions a client may make at once (a camera "
+                              "gateway opening its cameras, a load test).")
     idle_timeout_s: float = Field(60.0, gt=0, description="Default idle timeout of a session.")
     max_idle_timeout_s: float = Field(3600.0, gt=0)
     reaper_interval_s: float = Field(1.0, gt=0)

@@ -129,8 +129,8 @@ class Settings(BaseSettings):
     worker_max_sessions: int = Field(256, ge=1, description="Most sessions one worker holds leases on.")
     lease_ttl_ms: int = Field(
         2000, ge=200, description="A lease lives this long unless renewed (every quarter of it). A worker "
-        "also writes a heartbeat key that lives half of it: a dead worker's sessions move once that is gone "
-        "(~1 s), a stalled one's when the lease runs out.")
+        "whose process died (its Redis connection closed) loses its sessions within half of it, a stalled "
+        "one when its leases run out.")
     claim_interval_s: float = Field(0.05, gt=0, description="How often a worker looks for sessions to claim.")
     release_idle_s: float = Field(10.0, gt=0, description="A worker releases a session without frames for this long.")
     drain_timeout_s: float = Field(

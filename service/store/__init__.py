@@ -137,8 +137,8 @@ class StreamLog(Protocol):
 
     async def heartbeat(self, worker_id: str, ttl_ms: int, load: WorkerLoad | None = None) -> None:
         """The worker is alive (and how loaded). With several workers, a held session whose
-        holder's heartbeat is gone may be claimed before its lease (``ttl_ms``) runs out: a crash
-        costs half a lease."""
+        holder's process is known to be gone may be claimed before its lease (``ttl_ms``) runs
+        out: a crash costs about half a lease."""
         ...
 
     async def pool_load(self) -> list[WorkerLoad]:

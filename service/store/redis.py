@@ -250,14 +250,16 @@ def _now_ms() -> int:
 
 
 def heartbeat_ttl_ms(lease_ttl_ms: int) -> int:
-    """A worker's heartbeat key lives half a lease (it is renewed every quarter of that)."""
-    return max(200, lease_ttl_ms // 2)
+    """A worker's heartbeat key outlives two leases (renewed every eighth of one): it names the
+    worker's connection; whether that connection is open says if the worker is alive."""
+    return max(400, 2 * lease_ttl_ms)
 
 
 def _look_again_ms(lease_ttl_ms: int) -> int:
-    """When a held session is due again in the ready set: when its holder's heartbeat would have
-    run out if the holder died now (renewals push it on while the holder lives)."""
-    return heartbeat_ttl_ms(lease_ttl_ms)
+    """When a held session is due again in the ready set: half a lease after its last renewal
+    (renewals, every quarter lease, push it on while the holder lives), so a dead holder is
+    noticed within half a lease."""
+    return max(100, lease_ttl_ms // 2)
 
 
 class RedisStreamLog:
@@ -265,6 +267,7 @@ class RedisStreamLog:
         self._r = client
         self._s = scripts
         self._cap = results_cap
+        self._beat: aioredis.Redis | None = None  # the heartbeat's own connection
 
     async def append(self, session_id: str, frame: Frame, *, keep: int) -> Appended:
         seq, dropped = await self._s.append(
@@ -311,19 +314,36 @@ class RedisStreamLog:
             if lease is not None:
                 leases.append(lease)
         if held and len(leases) < limit:
-            # Held, but is the holder alive? A worker's heartbeat key lives half a lease: a dead
-            # worker's sessions are taken over on that, before their leases run out.
-            holders = {sid: value.decode().rsplit(" ", 1)[0] for sid, value in held.items()}
-            async with self._r.pipeline(transaction=False) as pipe:
-                for holder in holders.values():
-                    pipe.exists(keys.worker(holder))
-                alive = await pipe.execute()
-            for (sid, value), living in zip(held.items(), alive, strict=True):
-                if not living and len(leases) < limit:
+            for sid, value in (await self._dead_holders(held)).items():
+                if len(leases) < limit:
                     lease = await self._claim_one(sid, worker_id, ttl_ms, now, {}, dead=value)
                     if lease is not None:
                         leases.append(lease)
         return leases
+
+    async def _dead_holders(self, held: dict[str, bytes]) -> dict[str, bytes]:
+        """The held sessions whose holder is dead: its heartbeat names the Redis connection it
+        keeps open, and that connection is gone (the kernel closed it when the process died). A
+        slow or stopped worker keeps its connection, so it is never taken for dead here; its
+        sessions move when their leases run out."""
+        holders = {sid: value.decode().rsplit(" ", 1)[0] for sid, value in held.items()}
+        beats = await self._r.mget([keys.worker(h) for h in holders.values()])
+        connections: dict[str, int] = {}
+        for sid, beat in zip(holders, beats, strict=True):
+            try:
+                connections[sid] = int(json.loads(beat)["connection"]) if beat else -1
+            except (ValueError, KeyError, TypeError):
+                continue  # a heartbeat without a connection id: only its lease tells
+        wanted = sorted({c for c in connections.values() if c >= 0})
+        if not wanted:
+            return {}
+        try:
+            listing = await self._r.execute_command("CLIENT", "LIST", "ID", *wanted)
+        except RedisError:  # CLIENT LIST refused (some managed services): leases decide alone
+            return {}
+        text = listing.decode() if isinstance(listing, bytes) else str(listing)
+        connected = {int(part[3:]) for part in text.split() if part.startswith("id=")}
+        return {sid: held[sid] for sid, c in connections.items() if c >= 0 and c not in connected}
 
     async def _claim_one(self, session_id: str, worker_id: str, ttl_ms: int, now: int, held: dict[str, bytes],
                          dead: bytes = b"") -> Lease | None:
@@ -347,16 +367,21 @@ class RedisStreamLog:
         return None
 
     async def heartbeat(self, worker_id: str, ttl_ms: int, load: WorkerLoad | None = None) -> None:
-        value = json.dumps(dataclasses.asdict(load)) if load is not None else "{}"
-        await self._r.set(keys.worker(worker_id), value, px=heartbeat_ttl_ms(ttl_ms))
+        if self._beat is None:  # one connection this worker keeps open: its id says it is alive
+            self._beat = self._r.client()  # single_connection_client
+        connection = await self._beat.client_id()  # a reconnect gives a new id: written each beat
+        value = {**(dataclasses.asdict(load) if load is not None else {}), "connection": int(connection)}
+        await self._beat.set(keys.worker(worker_id), json.dumps(value), px=heartbeat_ttl_ms(ttl_ms))
 
     async def pool_load(self) -> list[WorkerLoad]:
         found: list[WorkerLoad] = []
         async for key in self._r.scan_iter(match=keys.worker("*"), count=1000):
             raw = await self._r.get(key)
             try:
-                found.append(WorkerLoad(**json.loads(raw)))
-            except (TypeError, ValueError):
+                beat = json.loads(raw)
+                beat.pop("connection", None)
+                found.append(WorkerLoad(**beat))
+            except (TypeError, ValueError, AttributeError):
                 continue  # gone meanwhile, or a worker that publishes no load
         return found
 
@@ -501,6 +526,8 @@ class RedisStore(Store):
         return await self.sessions.delete(session_id)
 
     async def close(self) -> None:
+        if self.streams._beat is not None:
+            await self.streams._beat.aclose()
         await self.client.aclose()
 
 

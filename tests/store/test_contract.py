@@ -354,28 +354,34 @@ def test_an_unreadable_record_does_not_break_a_listing(redis_server):
 
 
 def test_a_dead_workers_sessions_are_taken_over_before_the_lease_runs_out(redis_server):
-    """The heartbeat key: held by a live worker, a session stays; once the holder's heartbeat is
-    gone (SIGKILL), another worker takes it over although the lease has seconds to go, and the
-    dead one's commits are refused."""
+    """The heartbeat names the worker's own Redis connection: held by a live worker, a session
+    stays; once that connection is gone (the process died: its sockets closed), another worker
+    takes the session over although the lease has a minute to go, and the dead one's commits are
+    refused. A missing heartbeat alone (a stalled worker) takes nothing: its lease decides."""
     from service.store import keys
 
     async def scenario():
         redis_server.flush()
-        store = redis_store(redis_server.url)
-        await store.sessions.create(record("a"))
-        await store.streams.append("a", frame(0), keep=10)
-        await store.streams.heartbeat("w1", 60_000)
-        [lease] = await store.streams.claim("w1", 5, 60_000)
-        await store.client.zadd(keys.READY, {"a": 0})  # due now: a claimer looks at it
-        await store.streams.heartbeat("w2", 60_000)
-        assert await store.streams.claim("w2", 5, 60_000) == []  # w1 is alive
-        await store.client.delete(keys.worker("w1"))  # w1 dies: its heartbeat runs out
-        await store.client.zadd(keys.READY, {"a": 0})
-        [taken] = await store.streams.claim("w2", 5, 60_000)
+        dying, other = redis_store(redis_server.url), redis_store(redis_server.url)
+        await dying.sessions.create(record("a"))
+        await dying.streams.append("a", frame(0), keep=10)
+        await dying.streams.heartbeat("w1", 60_000)
+        [lease] = await dying.streams.claim("w1", 5, 60_000)
+        await other.client.zadd(keys.READY, {"a": 0})  # due now: a claimer looks at it
+        await other.streams.heartbeat("w2", 60_000)
+        assert await other.streams.claim("w2", 5, 60_000) == []  # w1 is alive
+        await dying.close()  # w1 dies: its connections close
+        await other.client.zadd(keys.READY, {"a": 0})
+        [taken] = await other.streams.claim("w2", 5, 60_000)
         assert taken.token > lease.token and taken.worker_id == "w2"
+        zombie = redis_store(redis_server.url)
         with pytest.raises(StaleLease):
-            await store.streams.commit(lease, [result(1)], None, 60_000)
-        await store.close()
+            await zombie.streams.commit(lease, [result(1)], None, 60_000)
+        await other.client.delete(keys.worker("w2"))  # no heartbeat at all: not taken for dead
+        await other.client.zadd(keys.READY, {"a": 0})
+        assert await zombie.streams.claim("w3", 5, 60_000) == []
+        await zombie.close()
+        await other.close()
 
     asyncio.run(scenario())
 

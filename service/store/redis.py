@@ -1,6 +1,9 @@
 """The Redis implementation of the store protocols: gateways and workers share nothing else.
 
-The atomic steps are the Lua scripts of :mod:`service.store.redis_scripts`.
+This module holds the stream logs (frames, leases, checkpoints, the ready set, heartbeats), the
+result logs and :func:`redis_store`; session records are :mod:`service.store.redis_sessions`, the
+byte layout of hashes and stream entries :mod:`service.store.redis_codec`, and the atomic steps
+the Lua scripts of :mod:`service.store.redis_scripts`.
 
 Per session (all keys share the hash tag ``{<session_id>}``, see :mod:`service.store.keys`):
 
@@ -29,220 +32,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
 import time
-from dataclasses import fields
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from service.options import SessionOptions
 from service.store import (
     Appended,
     Frame,
     Lease,
     Result,
-    SessionRecord,
-    SessionsFull,
     StaleLease,
     Store,
     WorkerLoad,
     keys,
 )
-from service.store import redis_scripts as lua
+from service.store.redis_codec import frame_from_entry, result_from_entry, result_payload
+from service.store.redis_scripts import Scripts
+from service.store.redis_sessions import RedisSessionStore
 
-log = logging.getLogger("service.store.redis")
-
-_INT_FIELDS = {"frames_received", "frames_processed", "frames_dropped", "next_frame_index"}
-_FLOAT_FIELDS = {"created_at", "idle_timeout_s", "last_active_at", "unused_timeout_s"}
-_JSON_FIELDS = {"options", "extra"}
-_RECORD_FIELDS = {f.name for f in fields(SessionRecord)}
-KEY_GRACE_S = 120.0
-EVENTS_CAP = 500  # events kept per session (approximately: MAXLEN ~)  # session keys outlive the idle timeout by this much (if every reaper is gone)
-
-
-def _session_keys(session_id: str) -> list[str]:
-    return [keys.session(session_id), keys.frames(session_id), keys.results(session_id),
-            keys.checkpoint(session_id), keys.events(session_id), keys.lease(session_id), keys.producer(session_id)]
-
-
-def _encode(name: str, value: Any) -> str:
-    if name == "options":
-        return json.dumps(value.to_dict(), separators=(",", ":"))
-    if name in _JSON_FIELDS:
-        return json.dumps(value, separators=(",", ":"))
-    if name in _FLOAT_FIELDS:
-        return repr(float(value))
-    return str(value)
-
-
-def _decode_record(raw: dict[bytes, bytes]) -> SessionRecord | None:
-    """The record, or None when there is none — or it cannot be read: one bad record must not
-    break a listing or a scan (it is logged and left to expire)."""
-    if not raw or b"token_hash" not in raw:
-        return None
-    try:
-        return _parse_record(raw)
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
-        log.warning("event=session_record_unreadable session_id=%s error=%r",
-                    raw.get(b"session_id", b"?").decode(errors="replace")[:64], exc)
-        return None
-
-
-def _parse_record(raw: dict[bytes, bytes]) -> SessionRecord:
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = key.decode()
-        if name not in _RECORD_FIELDS:
-            continue
-        text = value.decode()
-        if name == "options":
-            values[name] = SessionOptions.from_dict(json.loads(text))
-        elif name in _JSON_FIELDS:
-            values[name] = json.loads(text)
-        elif name in _INT_FIELDS:
-            values[name] = int(text)
-        elif name in _FLOAT_FIELDS:
-            values[name] = float(text)
-        else:
-            values[name] = text
-    return SessionRecord(**values)
-
-
-def _seq(entry_id: bytes) -> int:
-    return int(entry_id.split(b"-", 1)[0])
-
-
-def _frame(entry_id: bytes, data: dict[bytes, bytes]) -> Frame:
-    pts = data[b"pts"]
-    return Frame(pts=None if pts == b"" else float(pts), frame_index=int(data[b"fi"]),
-                 received_at=float(data[b"t"]), height=int(data[b"h"]), width=int(data[b"w"]),
-                 data=data[b"data"], seq=_seq(entry_id))
-
-
-def _result(entry_id: bytes, data: dict[bytes, bytes]) -> Result:
-    body = json.loads(data[b"r"])
-    return Result(seq=_seq(entry_id), pts=body["pts"], frame_index=body["frame_index"], labels=body["labels"],
-                  lag_ms=body["lag_ms"], dropped=int(data.get(b"d", b"0")), produced_at=body["produced_at"],
-                  error=body.get("error"), events=body.get("events", []))
-
-
-def _result_payload(result: Result) -> str:
-    body = {"pts": result.pts, "frame_index": result.frame_index, "labels": result.labels,
-            "lag_ms": result.lag_ms, "produced_at": result.produced_at, "error": result.error}
-    if result.events:
-        body["events"] = result.events
-    return json.dumps(body, separators=(",", ":"))
-
-
-class _Scripts:
-    def __init__(self, client: aioredis.Redis) -> None:
-        for name in ("CREATE", "ADD", "SET", "TOUCH", "APPEND", "BACKLOG", "CLAIM", "TAKE", "COMMIT", "RENEW", "RELEASE",
-                     "PRODUCER", "UNPRODUCE"):
-            setattr(self, name.lower(), client.register_script(getattr(lua, name)))
-
-
-class RedisSessionStore:
-    def __init__(self, client: aioredis.Redis, scripts: _Scripts) -> None:
-        self._r = client
-        self._s = scripts
-
-    async def create(self, record: SessionRecord, max_sessions: int | None = None) -> None:
-        sid = record.session_id
-        values: list[Any] = [sid, max_sessions or 0, repr(record.created_at), repr(record.expires_at)]
-        for f in fields(SessionRecord):
-            values += [f.name, _encode(f.name, getattr(record, f.name))]
-        values += ["last_seq", "0", "processed_seq", "0", "fence", "0"]
-        created = await self._s.create(keys=[keys.session(sid), keys.SESSIONS_BY_CREATION, keys.EXPIRY], args=values)
-        if created == 0:
-            raise KeyError(f"session {sid} exists")
-        if created < 0:
-            raise SessionsFull(f"the store holds {max_sessions} sessions")
-        await self.touch(sid, record.last_active_at)
-
-    async def get(self, session_id: str) -> SessionRecord | None:
-        return _decode_record(await self._r.hgetall(keys.session(session_id)))
-
-    async def list(self, cursor: str | None, limit: int) -> tuple[list[SessionRecord], str | None]:
-        after: tuple[float, str] | None = None
-        low: str | float = "-inf"
-        if cursor:
-            created, _, last_id = cursor.partition(":")
-            after = (float(created), last_id)
-            low = after[0]
-        page: list[SessionRecord] = []
-        offset = 0
-        more = False
-        while len(page) <= limit:
-            batch = await self._r.zrangebyscore(keys.SESSIONS_BY_CREATION, low, "+inf", start=offset,
-                                                num=limit + 1, withscores=True)
-            if not batch:
-                break
-            offset += len(batch)
-            for member, score in batch:
-                session_id = member.decode()
-                if after is not None and (score, session_id) <= after:
-                    continue
-                record = await self.get(session_id)
-                if record is None:
-                    continue
-                if len(page) == limit:
-                    more = True
-                    break
-                page.append(record)
-            if more:
-                break
-        next_cursor = f"{page[-1].created_at!r}:{page[-1].session_id}" if more and page else None
-        return page, next_cursor
-
-    async def count(self) -> int:
-        return int(await self._r.zcard(keys.SESSIONS_BY_CREATION))
-
-    async def delete(self, session_id: str) -> bool:
-        async with self._r.pipeline(transaction=False) as pipe:
-            pipe.delete(*_session_keys(session_id))
-            pipe.zrem(keys.SESSIONS_BY_CREATION, session_id)
-            pipe.zrem(keys.EXPIRY, session_id)
-            pipe.zrem(keys.READY, session_id)
-            deleted, *_ = await pipe.execute()
-        return bool(deleted)
-
-    async def touch(self, session_id: str, now: float) -> None:
-        await self._s.touch(keys=[*_session_keys(session_id)[:5], keys.EXPIRY], args=[repr(now), KEY_GRACE_S, session_id])
-
-    async def add_counters(self, session_id: str, **deltas: int) -> None:
-        args: list[Any] = []
-        for name, delta in deltas.items():
-            if name not in _INT_FIELDS:
-                raise AttributeError(name)
-            if delta:
-                args += [name, int(delta)]
-        if args:
-            await self._s.add(keys=[keys.session(session_id)], args=args)
-
-    async def set_fields(self, session_id: str, **values: Any) -> None:
-        args: list[str] = []
-        for name, value in values.items():
-            if name not in _RECORD_FIELDS:
-                raise AttributeError(name)
-            args += [name, _encode(name, value)]
-        if args:
-            await self._s.set(keys=[keys.session(session_id)], args=args)
-
-    async def expired(self, now: float) -> list[str]:
-        members = await self._r.zrangebyscore(keys.EXPIRY, "-inf", now)
-        return [m.decode() for m in members]
-
-    async def claim_producer(self, session_id: str, owner: str, ttl_ms: int) -> bool:
-        return bool(await self._s.producer(keys=[keys.producer(session_id)], args=[owner, ttl_ms]))
-
-    async def producer(self, session_id: str) -> str | None:
-        owner = await self._r.get(keys.producer(session_id))
-        return owner.decode() if owner is not None else None
-
-    async def release_producer(self, session_id: str, owner: str) -> None:
-        await self._s.unproduce(keys=[keys.producer(session_id)], args=[owner])
+EVENTS_CAP = 500  # events kept per session (approximately: MAXLEN ~)
 
 
 def _now_ms() -> int:
@@ -263,7 +73,7 @@ def _look_again_ms(lease_ttl_ms: int) -> int:
 
 
 class RedisStreamLog:
-    def __init__(self, client: aioredis.Redis, scripts: _Scripts, results_cap: int) -> None:
+    def __init__(self, client: aioredis.Redis, scripts: Scripts, results_cap: int) -> None:
         self._r = client
         self._s = scripts
         self._cap = results_cap
@@ -389,7 +199,7 @@ class RedisStreamLog:
                            count: int = 1000) -> list[Frame]:
         entries = await self._r.xrange(keys.frames(session_id), f"({after_seq}-0",
                                        "+" if upto_seq is None else f"{upto_seq}-0", count=count)
-        return [_frame(entry_id, data) for entry_id, data in entries]
+        return [frame_from_entry(entry_id, data) for entry_id, data in entries]
 
     async def _take(self, cursors: dict[str, tuple[Lease, int]]) -> dict[str, Frame]:
         order = list(cursors)
@@ -403,7 +213,7 @@ class RedisStreamLog:
         for sid, reply in zip(order, replies, strict=True):
             if isinstance(reply, list) and reply:
                 entry_id, flat = reply
-                found[sid] = _frame(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+                found[sid] = frame_from_entry(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
         return found
 
     async def take_next(self, cursors: dict[str, tuple[Lease, int]], timeout: float) -> dict[str, Frame]:
@@ -425,7 +235,7 @@ class RedisStreamLog:
         args: list[Any] = [self._owner(lease), ttl_ms, self._cap, checkpoint[0] if checkpoint else 0,
                            checkpoint[1] if checkpoint else b"", EVENTS_CAP]
         for result in results:
-            args += [result.seq, _result_payload(result),
+            args += [result.seq, result_payload(result),
                      json.dumps(result.events, separators=(",", ":")) if result.events else ""]
         backlog = await self._s.commit(
             keys=[keys.session(sid), keys.lease(sid), keys.results(sid), keys.frames(sid), keys.checkpoint(sid),
@@ -484,7 +294,7 @@ class RedisResultLog:
 
     async def append(self, session_id: str, result: Result) -> None:
         try:
-            await self._r.xadd(keys.results(session_id), {"r": _result_payload(result), "d": result.dropped},
+            await self._r.xadd(keys.results(session_id), {"r": result_payload(result), "d": result.dropped},
                                id=f"{result.seq}-0", maxlen=self._cap, approximate=False)
             if result.events:
                 await self._r.xadd(keys.events(session_id), {"e": json.dumps(result.events)}, maxlen=EVENTS_CAP)
@@ -498,11 +308,11 @@ class RedisResultLog:
         if not entries and timeout:
             reply = await self._r.xread({key: f"{after_seq}-0"}, count=limit, block=max(1, int(timeout * 1000)))
             entries = reply[0][1] if reply else []
-        return [_result(entry_id, data) for entry_id, data in entries]
+        return [result_from_entry(entry_id, data) for entry_id, data in entries]
 
     async def last(self, session_id: str) -> Result | None:
         entries = await self._r.xrevrange(keys.results(session_id), "+", "-", count=1)
-        return _result(*entries[0]) if entries else None
+        return result_from_entry(*entries[0]) if entries else None
 
     async def events(self, session_id: str, limit: int = 500) -> list[dict[str, Any]]:
         entries = await self._r.xrevrange(keys.events(session_id), "+", "-", count=limit)
@@ -536,7 +346,7 @@ def redis_store(url: str, results_cap: int = 1000, socket_timeout: float = 30.0)
     off and retry); the client reconnects by itself when it is back."""
     client = aioredis.from_url(url, decode_responses=False, socket_connect_timeout=2.0,
                                socket_timeout=socket_timeout, health_check_interval=15)
-    scripts = _Scripts(client)
+    scripts = Scripts(client)
     store = RedisStore(
         sessions=RedisSessionStore(client, scripts), streams=RedisStreamLog(client, scripts, results_cap),
         results=RedisResultLog(client, results_cap), kind="redis",

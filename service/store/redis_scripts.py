@@ -7,6 +7,8 @@ Each script touches one session's keys (which share the hash tag ``{<session_id>
 
 from __future__ import annotations
 
+from typing import Any
+
 # KEYS: session, sessions (zset), expiry (zset). ARGV: session_id, max_sessions (0: no limit),
 # created_at, expires_at, field, value, ... Creates the record unless it exists or the store is full;
 # returns 1, 0 (exists) or -1 (full).
@@ -197,3 +199,12 @@ save_checkpoint(KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[1])
 redis.call('DEL', KEYS[2])
 return #pending(KEYS[1], KEYS[4], 1)
 """
+
+
+class Scripts:
+    """Every script above, registered on a client (``scripts.append(keys=..., args=...)``)."""
+
+    def __init__(self, client: Any) -> None:
+        for name in ("CREATE", "ADD", "SET", "TOUCH", "APPEND", "BACKLOG", "CLAIM", "TAKE", "COMMIT", "RENEW", "RELEASE",
+                     "PRODUCER", "UNPRODUCE"):
+            setattr(self, name.lower(), client.register_script(globals()[name]))

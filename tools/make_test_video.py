@@ -6,7 +6,8 @@
 The video (H.264 in .mp4, VP8 in .webm) and an optional raw yuv420p ``.y4m`` (what Chromium's
 ``--use-file-for-fake-video-capture`` reads) come from one pass over the frames, so a ten-minute
 ``--duration 600`` video never sits in memory. ``OUT.json`` holds fps, size, class names, the
-segments and one label per frame. Motion speeds are in real units (frame short sides per second,
+segments and one label per frame. It prints what it wrote: each file with its size, and the
+video's duration. Motion speeds are in real units (frame short sides per second,
 degrees per second), so the video resampled to the model's rate and size matches the training clips.
 The rendering lives in :mod:`model.training.datasets.motion` and the encoding in
 :mod:`model.training.datasets.video`; this file only parses and writes.
@@ -33,7 +34,7 @@ from model.training.datasets.motion import (  # noqa: E402
     random_segments,
     segment_frames,
 )
-from model.training.datasets.video import VideoWriter  # noqa: E402
+from model.training.datasets.video import VIDEO_FORMATS, VideoWriter  # noqa: E402
 
 
 def parse_segments(text: str) -> list[tuple[int, float]]:
@@ -88,6 +89,30 @@ def ground_truth(segments: list[tuple[int, float]], config: MotionConfig, seed: 
     }
 
 
+CODEC_NAMES = {"h264": "H.264", "vp8": "VP8"}
+
+
+def human_bytes(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    return f"{size / 1024:.1f} KiB" if size < 1024**2 else f"{size / 1024**2:.1f} MiB"
+
+
+def report(args: argparse.Namespace, truth: dict, codec: str) -> list[str]:
+    """One line per file written: what it is, its size, the video's duration and frames."""
+    seconds, frames = truth["num_frames"] / truth["fps"], truth["num_frames"]
+    video = f"{truth['size'][0]}x{truth['size'][1]}, {seconds:.2f} s at {truth['fps']:g} fps ({frames} frames)"
+    lines = [f"wrote {args.output}  {CODEC_NAMES.get(codec, codec)}, {video}, {human_bytes(args.output.stat().st_size)}"]
+    if args.y4m is not None:
+        lines.append(f"wrote {args.y4m}  raw yuv420p, {video}, {human_bytes(args.y4m.stat().st_size)}")
+    labels = ", ".join(f"{s['name']} {s['start_s']:.2f}-{s['end_s']:.2f} s" for s in truth["segments"][:6])
+    more = f" and {len(truth['segments']) - 6} more" if len(truth["segments"]) > 6 else ""
+    json_path = args.output.with_suffix(".json")
+    lines.append(f"wrote {json_path}  ground truth, {len(truth['segments'])} segment{'s' if len(truth['segments']) > 1 else ''} ({labels}{more}), "
+                 f"{human_bytes(json_path.stat().st_size)}")
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output", type=Path, help="video file: .mp4 (H.264), .webm (VP8) or .mkv")
@@ -116,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     truth = ground_truth(segments, config, args.seed)
 
     writers = [VideoWriter(args.output, args.fps, width, height, codec=args.codec, quality=args.quality)]
+    codec = args.codec or VIDEO_FORMATS[args.output.suffix.lower()].default_codec  # the writer checked it
     if args.y4m is not None:
         writers.append(VideoWriter(args.y4m, args.fps, width, height))
     try:
@@ -131,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     truth["video"] = args.output.name
     truth["y4m"] = args.y4m.name if args.y4m is not None else None
     args.output.with_suffix(".json").write_text(json.dumps(truth, indent=1) + "\n")
+    print("\n".join(report(args, truth, codec)))
     return truth
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 
@@ -40,3 +41,21 @@ class MediaError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """A client's value quoted in a message: its repr, cut to ``limit`` characters (a message never
+    echoes unbounded input)."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text[:limit]) + ("…" if len(text) > limit else "")
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]{0,200}? at 0x[0-9a-fA-F]+>")
+_ERRNO = re.compile(r"\[Errno -?\d+\]\s*")
+
+
+def public_reason(exc: BaseException, limit: int = 200) -> str:
+    """An exception's text fit for a client: no ``<object at 0x...>`` reprs, no ``[Errno N]``,
+    at most ``limit`` characters."""
+    text = _ERRNO.sub("", _OBJECT_REPR.sub("<object>", str(exc))).strip() or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -27,6 +27,7 @@ from typing import Any
 import av
 
 from service import messages
+from service.errors import public_reason
 from service.logs import kv
 from service.metrics import Metrics
 from service.options import SourceOptions
@@ -176,7 +177,7 @@ class RtspPuller:
             except av.error.FFmpegError as exc:
                 error = redact(f"{type(exc).__name__}: {exc.strerror or exc}")
             except Exception as exc:  # never let the thread die silently
-                error = redact(f"{type(exc).__name__}: {exc}")
+                error = redact(f"{type(exc).__name__}: {public_reason(exc)}")
                 log.error(kv("rtsp_thread_error", session_id=self.session_id, error=error))
             if self._stop.is_set():
                 return

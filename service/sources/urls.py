@@ -18,7 +18,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from service.errors import ApiError
+from service.errors import ApiError, public_reason
 
 SCHEMES = {"rtsp": 554, "rtsps": 322}
 # What FFmpeg may open for an RTSP URL: the control connection (tcp, tls for rtsps) and the
@@ -86,7 +86,7 @@ def parse_url(url: str) -> RtspUrl:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise SourceRefused("url_not_allowed", f"not a valid URL: {exc}") from None
+        raise SourceRefused("url_not_allowed", f"not a valid URL: {public_reason(exc, 80)}") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise SourceRefused("url_not_allowed", "only rtsp:// and rtsps:// URLs are accepted"
@@ -146,7 +146,7 @@ def resolve(target: RtspUrl, allow_private: bool) -> str:
     try:
         infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise SourceRefused("host_not_found", f"cannot resolve the camera's host: {exc}") from None
+        raise SourceRefused("host_not_found", f"cannot resolve the camera's host: {public_reason(exc)}") from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses:
         raise SourceRefused("host_not_found", "the camera's host has no address")

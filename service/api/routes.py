@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service.api.bodies import CreateBody, OfferBody, request_body
 from service.api.schemas import (
     ErrorResponse,
     EventList,
@@ -25,7 +27,7 @@ from service.api.schemas import (
     SessionPage,
     SessionStatus,
 )
-from service.errors import ApiError
+from service.errors import ApiError, public_reason
 from service.logs import kv
 from service.registry import ModelRegistry
 from service.sessions import SessionService
@@ -60,7 +62,7 @@ Bearer = Annotated[str | None, Depends(_bearer)]
 ApiKey = Annotated[str | None, Depends(_api_key)]
 TokenQuery = Annotated[str | None, Query(alias="token", description="Session token (instead of the header).")]
 
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 422, 429, 503)}
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 415, 422, 429, 503)}
 
 sessions = APIRouter(tags=["sessions"], responses=ERRORS)
 models = APIRouter(tags=["models"], responses=ERRORS)
@@ -73,11 +75,13 @@ def _base_url(request: Request, settings: Settings) -> str:
 
 
 @sessions.post("/sessions", status_code=201, response_model=SessionCreated,
-               dependencies=[Depends(_require_api_key)],
+               dependencies=[Depends(_require_api_key)], openapi_extra=request_body(SessionCreate, required=False),
                summary="Create a session",
                description="Creates a session and returns its secret token. Then open `frames_url` "
-               "(WebSocket) with `?token=...` to send frames and get labels.")
-async def create_session(body: SessionCreate, request: Request, service: Service,
+               "(WebSocket) with the token (`Authorization: Bearer`) to send frames and get labels. No body: "
+               "every option takes its default. The body is JSON (`Content-Type: application/json`), one "
+               "object without duplicate keys; numbers are strict (`true` is not 1).")
+async def create_session(body: CreateBody, request: Request, service: Service,
                          api_key: ApiKey) -> SessionCreated:
     client = "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else (
         "addr:" + (request.client.host if request.client else "?"))
@@ -95,8 +99,38 @@ async def create_session(body: SessionCreate, request: Request, service: Service
     )
 
 
-@sessions.get("/sessions", response_model=SessionPage, dependencies=[Depends(_require_api_key)],
-              summary="List sessions (paged, oldest first)")
+def loopback(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 (or ``localhost``); not 0.0.0.0, ::, a LAN address or another name."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _require_listing_allowed(request: Request, service: Annotated[SessionService, Depends(_service)]) -> None:
+    """The list shows every session's options and last labels. With API keys it needs one (checked
+    before this); without, only a server bound to loopback answers it, and only over loopback."""
+    if service.settings.api_keys:
+        return
+    server = request.scope.get("server")
+    if not (loopback(service.settings.host) and server and loopback(server[0])):
+        raise ApiError(403, "listing_disabled", "GET /sessions shows every session; without API keys only a "
+                       "server bound to 127.0.0.1 or ::1 answers it. Set MOVINET_API_KEYS to list sessions "
+                       "here (then send a key)")
+
+
+@sessions.get("/sessions", response_model=SessionPage,
+              dependencies=[Depends(_require_api_key), Depends(_require_listing_allowed)],
+              summary="List sessions (paged, oldest first)",
+              description="Needs an API key when `MOVINET_API_KEYS` is set; without keys, answered only by a "
+              "server bound to loopback (127.0.0.1, ::1), else 403 `listing_disabled`.")
 async def list_sessions(service: Service, cursor: str | None = None,
                         limit: Annotated[int, Query(ge=1, le=200)] = 50) -> SessionPage:
     try:
@@ -182,10 +216,11 @@ async def metrics(request: Request) -> Response:
 
 
 @sessions.post("/sessions/{session_id}/webrtc", response_model=RtcAnswer, summary="Stream a session over WebRTC",
+               openapi_extra=request_body(RtcOffer, required=True),
                description="Takes an SDP offer with a video track (and a data channel labelled `labels` for the "
                "results) and returns the answer. Needs the session's token or an API key. One frame producer "
                "per session: 409 while a `/stream` socket, a camera or another peer feeds it.")
-async def offer(session_id: str, body: RtcOffer, request: Request, service: Service, bearer: Bearer,
+async def offer(session_id: str, body: OfferBody, request: Request, service: Service, bearer: Bearer,
                 api_key: ApiKey, token: TokenQuery = None) -> RtcAnswer:
     record = await service.get(session_id)
     service.check_token(record, token or bearer, api_key)
@@ -200,6 +235,6 @@ async def offer(session_id: str, body: RtcOffer, request: Request, service: Serv
         raise
     except Exception as exc:  # aiortc refuses SDP with ValueError and friends
         await peer.close(reason="bad_offer")
-        raise ApiError(422, "bad_offer", f"cannot answer this offer: {exc}") from None
+        raise ApiError(422, "bad_offer", f"cannot answer this offer: {public_reason(exc)}") from None
     log.info(kv("webrtc_answered", session_id=session_id))
     return RtcAnswer(sdp=answer.sdp, type="answer")

@@ -46,10 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from service.api.app import create_app
-    from service.logs import setup_logging
+    from service.logs import install_redaction, setup_logging
     from service.settings import Settings
 
     role = args.command
@@ -67,11 +65,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"movinet-service {role}: {exc}", file=sys.stderr)
         return 2
     host, port = getattr(settings, bind[0]), getattr(settings, bind[1])
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None,
-        ws_max_size=settings.ws_transport_max_bytes, ws_per_message_deflate=False,
-        timeout_graceful_shutdown=10, lifespan="on",
-    )
+    config = uvicorn_config(app, settings, host=host, port=port, log_level=settings.log_level.lower(),
+                            log_config=None)
+    install_redaction()  # again, now that uvicorn has configured its loggers
     server = DrainingServer(config, app)
     try:  # bound before the lifespan starts: a port in use fails here, before a model loads
         listener = listen(host, port, config.backlog)
@@ -83,6 +79,29 @@ def serve(args: argparse.Namespace) -> int:
                 store="redis" if settings.redis_url else "memory"))
     server.run(sockets=[listener])
     return 0
+
+
+def uvicorn_config(app, settings, **overrides):
+    """The uvicorn configuration every server of ours runs (the tests' too): bounded heads,
+    idle and keep-alive timeouts, WebSocket pings, the transport's message cap.
+
+    ``h11_max_incomplete_event_size`` only matters if someone runs it with ``http="h11"``; the
+    default protocol is httptools with :mod:`service.api.limits`' guard on top.
+    """
+    import uvicorn
+
+    from service.api.limits import MAX_HEAD_BYTES, guarded_protocol
+
+    options = dict(
+        http=guarded_protocol(settings.http_head_timeout_s),
+        timeout_keep_alive=settings.http_keep_alive_s,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        limit_concurrency=settings.max_connections,
+        ws_max_size=settings.ws_transport_max_bytes, ws_per_message_deflate=False,
+        ws_ping_interval=settings.ws_ping_interval_s, ws_ping_timeout=settings.ws_ping_timeout_s,
+        timeout_graceful_shutdown=10, lifespan="on",
+    )
+    return uvicorn.Config(app, **{**options, **overrides})
 
 
 def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:

@@ -95,7 +95,7 @@ def run_server(draining: bool = True, wait_ready: bool = True, **overrides: Any)
     import uvicorn
 
     from service.api.app import create_app
-    from service.cli import DrainingServer
+    from service.cli import DrainingServer, uvicorn_config
     from service.settings import Settings
 
     settings = Settings(**{"model": TEST_MODEL, "weights": TEST_WEIGHTS, "reaper_interval_s": 0.2,
@@ -104,8 +104,9 @@ def run_server(draining: bool = True, wait_ready: bool = True, **overrides: Any)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", ws_max_size=settings.ws_transport_max_bytes,
-                            ws_per_message_deflate=False, lifespan="on", timeout_graceful_shutdown=5)
+    # The configuration `movinet-service serve` runs (timeouts, head limits), uvicorn's own logging.
+    config = uvicorn_config(app, settings, log_level="warning", log_config=uvicorn.config.LOGGING_CONFIG,
+                            timeout_graceful_shutdown=5)
     server = DrainingServer(config, app) if draining else uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
     thread.start()

@@ -41,3 +41,16 @@ def test_the_favicon_is_served(server):
     assert response.status_code == 200 and response.headers["content-type"] == "image/x-icon"
     assert response.content[:4] == b"\x00\x00\x01\x00"  # an ICO file
     assert "/favicon.ico" not in httpx.get(server.http + "/openapi.json").json()["paths"]
+
+
+def test_every_model_field_is_described_and_documented(server):
+    from pathlib import Path
+
+    schema = httpx.get(server.http + "/openapi.json").json()["components"]["schemas"]["ModelEntry"]
+    assert all(field.get("description") for field in schema["properties"].values()), schema
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "service-api.md").read_text()
+    table = docs[docs.index("| `ModelEntry` field |"):]
+    for name in schema["properties"]:
+        assert f"| `{name}` |" in table, name
+    entry = next(m for m in httpx.get(server.http + "/models").json()["models"] if m["loaded"])
+    assert set(entry) <= set(schema["properties"]) and isinstance(entry["weights"], list)

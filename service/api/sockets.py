@@ -21,6 +21,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service import messages
+from service.api.bodies import strict_loads
 from service.errors import ApiError, CloseCode
 from service.logs import kv
 from service.pump import ResultPump, start_seq
@@ -32,7 +33,6 @@ log = logging.getLogger("service.api.sockets")
 router = APIRouter()
 
 MAX_CONTROL_BYTES = 64 * 1024
-MAX_JSON_DEPTH = 32  # control messages are flat: deeper nesting is refused before it is parsed
 
 
 class Connection:
@@ -70,12 +70,30 @@ class Connection:
             pass
 
 
+SUBPROTOCOL = "movinet"  # what the server answers when a client offers it (with the token below)
+TOKEN_SUBPROTOCOL = "bearer."  # ``bearer.TOKEN``: the token for a browser, which cannot set headers
+
+
+def _offered(websocket: WebSocket) -> list[str]:
+    return list(websocket.scope.get("subprotocols") or [])
+
+
 def _token(websocket: WebSocket) -> str | None:
-    token = websocket.query_params.get("token")
+    """The session token: ``Authorization: Bearer``, the ``bearer.TOKEN`` subprotocol (browsers) or
+    ``?token=`` (kept for old clients; redacted in every log line)."""
     header = websocket.headers.get("authorization", "")
-    if not token and header.lower().startswith("bearer "):
-        token = header[7:].strip()
-    return token or None
+    if header.lower().startswith("bearer ") and header[7:].strip():
+        return header[7:].strip()
+    for offered in _offered(websocket):
+        if offered.startswith(TOKEN_SUBPROTOCOL) and len(offered) > len(TOKEN_SUBPROTOCOL):
+            return offered[len(TOKEN_SUBPROTOCOL):]
+    return websocket.query_params.get("token") or None
+
+
+async def _accept(websocket: WebSocket) -> None:
+    """Accept, naming our subprotocol when the client offered it (a browser that offers
+    subprotocols fails the handshake unless the answer names one of them)."""
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in _offered(websocket) else None)
 
 
 def _after_seq(websocket: WebSocket) -> int | None:
@@ -89,7 +107,7 @@ def _after_seq(websocket: WebSocket) -> int | None:
 
 
 async def _refuse(websocket: WebSocket, code: int, error: str, message: str) -> None:
-    await websocket.accept()
+    await _accept(websocket)
     await websocket.send_text(json.dumps(messages.error(error, message)))
     await websocket.close(code=code, reason=message[:120])
 
@@ -129,7 +147,7 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
     record = await _authorise(websocket, service, session_id)
     if record is None:
         return
-    await websocket.accept()
+    await _accept(websocket)
     connection = Connection(websocket, session_id, "stream")
     if not await service.attach_producer(session_id, connection):
         await connection.close(CloseCode.CONFLICT, "another client streams into this session",
@@ -203,29 +221,11 @@ async def _quietly(call: Awaitable[None]) -> None:
 
 
 def _parse_control(text: str) -> dict[str, Any] | None:
-    """A control message: a JSON object, not too long nor too deep, no duplicate keys."""
+    """A control message: a JSON object with a ``type``, not too long nor too deep, no duplicate
+    keys (:func:`~service.api.bodies.strict_loads`); None when it is JSON but not such an object."""
     if len(text) > MAX_CONTROL_BYTES:
         raise ValueError("control message too long")
-    depth = 0
-    for ch in text:  # cheap guard before the recursive parser
-        if ch in "[{":
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                raise ValueError("control message nested too deeply")
-        elif ch in "]}":
-            depth -= 1
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in pairs]
-        if len(keys) != len(set(keys)):
-            raise ValueError("control message has a duplicate key")
-        return dict(pairs)
-
-    try:
-        message = json.loads(text, object_pairs_hook=no_duplicates,
-                             parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
-    except RecursionError:
-        raise ValueError("control message nested too deeply") from None
+    message = strict_loads(text, what="control message")
     if not isinstance(message, dict) or "type" not in message:
         return None
     return message
@@ -279,7 +279,7 @@ async def labels(websocket: WebSocket, session_id: str) -> None:
     record = await _authorise(websocket, service, session_id)
     if record is None:
         return
-    await websocket.accept()
+    await _accept(websocket)
     connection = Connection(websocket, session_id, "labels")
     if not service.hub.add_watcher(session_id, connection, service.settings.max_watchers_per_session):
         await connection.close(CloseCode.TOO_MANY, "too many watchers",

@@ -242,8 +242,10 @@ class MovinetClient:
 
         summary = run.summary
         after = summary.results[-1]["seq"] if summary.results else 0
-        url = f"{session['frames_url']}?token={session['token']}" + (f"&after_seq={after}" if after else "")
-        async with connect(url, max_size=None, open_timeout=self.timeout) as ws:
+        url = session["frames_url"] + (f"?after_seq={after}" if after else "")
+        # The token in a header, never in the URL (URLs end up in access logs).
+        async with connect(url, max_size=None, open_timeout=self.timeout,
+                           additional_headers={"Authorization": f"Bearer {session['token']}"}) as ws:
             hello = json.loads(await ws.recv())
             if hello.get("type") == "error":
                 if hello.get("code") in ("stream_in_use", "store_unavailable"):

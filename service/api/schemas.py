@@ -1,10 +1,18 @@
-"""Request and response bodies of the HTTP API (they are the OpenAPI schema)."""
+"""Request and response bodies of the HTTP API (they are the OpenAPI schema).
+
+Request numbers are strict: an integer field takes only a JSON integer (not ``true``, ``1.0`` or
+``"1"``), a number field an integer or a finite float (not ``true`` nor a string).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+MIN_IDLE_TIMEOUT_S = 1.0
+NAME_MAX_LENGTH = 128  # a model name or weights tag (the longest today is 20 characters)
 
 
 class WebSocketSource(BaseModel):
@@ -16,7 +24,7 @@ class WebSocketSource(BaseModel):
         "auto", description="`images`: one JPEG/PNG/WebP per binary message; `video`: chunks of one "
         "WebM/MP4/H.264 stream; `auto`: decided by the first bytes of the first message.")
     frame_rate: float | None = Field(
-        None, gt=0, le=240, description="Frame rate of a video stream that has no timestamps (raw H.264). "
+        None, gt=0, le=240, strict=True, allow_inf_nan=False, description="Frame rate of a video stream that has no timestamps (raw H.264). "
         "Without it such frames are timed by arrival.")
 
 
@@ -29,12 +37,12 @@ class RtspSource(BaseModel):
                      "returned nor logged. Private, loopback and link-local addresses are refused unless "
                      "the server allows them (MOVINET_RTSP_ALLOW_PRIVATE_ADDRESSES).")
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTP over the RTSP TCP connection, or over UDP.")
-    open_timeout_s: float = Field(10.0, gt=0, le=120, description="Give up opening the stream after this long.")
-    read_timeout_s: float = Field(5.0, gt=0, le=120, description="A stream without data this long is reopened.")
-    reconnect_delay_s: float = Field(1.0, gt=0, le=60, description="First wait before reopening; doubles "
+    open_timeout_s: float = Field(10.0, gt=0, le=120, strict=True, description="Give up opening the stream after this long.")
+    read_timeout_s: float = Field(5.0, gt=0, le=120, strict=True, description="A stream without data this long is reopened.")
+    reconnect_delay_s: float = Field(1.0, gt=0, le=60, strict=True, description="First wait before reopening; doubles "
                                      "after each connection that gave no frame.")
-    max_reconnect_delay_s: float = Field(30.0, gt=0, le=600, description="Longest wait between tries.")
-    max_reconnects: int | None = Field(None, ge=0, description="Give up after this many tries in a row that "
+    max_reconnect_delay_s: float = Field(30.0, gt=0, le=600, strict=True, description="Longest wait between tries.")
+    max_reconnects: int | None = Field(None, ge=0, le=1_000_000, strict=True, description="Give up after this many tries in a row that "
                                        "gave no frame (state `failed`); null: never.")
 
 
@@ -49,16 +57,19 @@ class WebRtcSource(BaseModel):
     type: Literal["webrtc"]
 
 
-def _source_type(value: Any) -> str:
-    if isinstance(value, dict):
-        return value.get("type", "websocket")
-    return getattr(value, "type", "websocket")
+SOURCE_TYPES = ("websocket", "rtsp", "webrtc")
+
+
+def _source_type(value: Any) -> str | None:
+    kind = value.get("type", "websocket") if isinstance(value, dict) else getattr(value, "type", "websocket")
+    return kind if isinstance(kind, str) and kind in SOURCE_TYPES else None
 
 
 Source = Annotated[
     Annotated[WebSocketSource, Tag("websocket")] | Annotated[RtspSource, Tag("rtsp")]
     | Annotated[WebRtcSource, Tag("webrtc")],
-    Discriminator(_source_type),
+    Discriminator(_source_type, custom_error_type="invalid_source",
+                  custom_error_message="must be an object whose type is websocket, rtsp or webrtc"),
 ]
 
 
@@ -68,7 +79,7 @@ class WindowPolicy(BaseModel):
         "windowed", description="`windowed`: labels reflect about the last `frames` frames (two staggered "
         "states reset in turn), fit for endless streams; `unbounded`: the stream model pools over every "
         "frame since the start, as in training on short clips.")
-    frames: int | None = Field(None, ge=2, le=10_000, description="Window length; default the model's clip length.")
+    frames: int | None = Field(None, ge=2, le=10_000, strict=True, description="Window length; default the model's clip length.")
 
 
 class BackpressurePolicy(BaseModel):
@@ -78,7 +89,7 @@ class BackpressurePolicy(BaseModel):
         "`newest_only` keeps only the newest (live sources); `block` drops nothing and stops reading the "
         "socket while `max_backlog` frames wait, so the sender slows down (recordings). Default the "
         "server's (drop_oldest).")
-    max_backlog: int | None = Field(None, ge=1, le=1000, description="Model frames that may wait; "
+    max_backlog: int | None = Field(None, ge=1, le=1000, strict=True, description="Model frames that may wait; "
                                     "default the server's setting, never above it.")
 
 
@@ -100,19 +111,35 @@ class EventPolicy(BaseModel):
 
 class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model: str | None = Field(None, description="A name from GET /models; default the server's default model.")
-    weights: str | None = Field(None, description="A weights tag of that model; default its first.")
+    model: str | None = Field(None, max_length=NAME_MAX_LENGTH,
+                              description="A name from GET /models; default the server's default model.")
+    weights: str | None = Field(None, max_length=NAME_MAX_LENGTH,
+                                description="A weights tag of that model; default its first.")
     source: Source = Field(default_factory=WebSocketSource, description="Where frames come from: `websocket` "
                            "(default), `webrtc` or `rtsp`.")
-    top_k: int = Field(5, ge=1, le=100)
-    min_score: float = Field(0.0, ge=0.0, le=1.0, description="Labels scored below this are left out.")
-    smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Exponential smoothing of scores over frames: "
+    top_k: int = Field(5, ge=1, le=100, strict=True)
+    min_score: float = Field(0.0, ge=0.0, le=1.0, strict=True, description="Labels scored below this are left out.")
+    smoothing: float = Field(0.0, ge=0.0, lt=1.0, strict=True, description="Exponential smoothing of scores over frames: "
                              "score = smoothing * previous + (1 - smoothing) * current.")
     window: WindowPolicy = Field(default_factory=WindowPolicy)
     backpressure: BackpressurePolicy = Field(default_factory=BackpressurePolicy)
     events: EventPolicy = Field(default_factory=EventPolicy)
-    idle_timeout_s: float | None = Field(None, gt=0, description="Seconds without frames or messages "
-                                         "before the session expires; default the server's.")
+    idle_timeout_s: float | None = Field(
+        None, strict=True, allow_inf_nan=False, json_schema_extra={"minimum": MIN_IDLE_TIMEOUT_S},
+        description="Seconds without frames or messages before the session expires; default the server's "
+        "(MOVINET_IDLE_TIMEOUT_S). Allowed: 1 to the server's MOVINET_MAX_IDLE_TIMEOUT_S (3600 by default); "
+        "a value outside is refused (422), never clamped.")
+
+    @field_validator("idle_timeout_s")
+    @classmethod
+    def _idle_timeout_in_range(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # The upper bound is the server's setting: the route passes it as validation context.
+        highest = (info.context or {}).get("max_idle_timeout_s")
+        if value is not None and (value < MIN_IDLE_TIMEOUT_S or (highest is not None and value > highest)):
+            allowed = f"between {MIN_IDLE_TIMEOUT_S:g} and {highest:g}" if highest is not None \
+                else f"at least {MIN_IDLE_TIMEOUT_S:g}"
+            raise PydanticCustomError("idle_timeout_range", "must be {allowed} seconds", {"allowed": allowed})
+        return value
 
 
 class SessionCreated(BaseModel):

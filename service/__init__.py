@@ -9,7 +9,8 @@ Where things are (a frame's path runs top to bottom; docs/architecture.md draws 
   each into the session's :class:`~service.sources.ingest.FrameSink`;
 * ``store/`` — sessions, per-session stream logs (frames, leases, checkpoints) and results, in
   memory or in Redis;
-* ``worker/`` — the lease/commit loop and the runner, the only part that touches torch;
+* ``worker/`` — the lease/commit loop, and the runner with its state bank, the only part that
+  runs torch; the action-event detector;
 * ``pump.py``, ``messages.py`` — labels out to a client, and every message's shape;
 * ``client/`` — ``movinet-client`` and :class:`~service.client.MovinetClient`;
 * ``settings.py``, ``options.py``, ``registry.py``, ``metrics.py``, ``logs.py``, ``errors.py``,

@@ -11,7 +11,7 @@ The same loop runs in the embedded default (in-memory store, inside the server p
 2. **Batch.** Each tick reads at most ONE new frame per held session (a session's frames are a
    time series: two of them never share a batch), groups the sessions by model and window, and
    runs one forward per group in the inference thread (:class:`~service.worker.runner.Runner`,
-   the only part that touches torch). A forward that fails is retried session by session, so that
+   which with its state bank is the only part that runs torch). A forward that fails is retried session by session, so that
    one bad session costs only itself.
 3. **Commit.** Per session, one atomic commit: the result, the progress, every
    ``checkpoint_every`` frames the state (and the frame log is trimmed up to it), and the lease's

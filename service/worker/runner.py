@@ -1,4 +1,5 @@
-"""The model side of the worker: the only module of the service that touches torch.
+"""The model side of the worker: with :mod:`service.worker.bank`, the only part of the service that
+runs torch (the registry builds the models).
 
 A :class:`SessionState` is what a worker keeps of a session it holds: the model, its rows in the
 model group's :class:`~service.worker.bank.StateBank` (the states of every session of the group

@@ -95,6 +95,8 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
         state.inference = inference = None
         if role in ("serve", "worker"):
             state.inference = inference = InferenceLoop(settings, store, registry, metrics)
+            if settings.preload:  # claim once the default model is warm (or its load failed)
+                inference.can_claim = lambda: bool(registry.loaded) or state.model_error is not None
         state.sessions = sessions = None
         if role in ("serve", "gateway"):
             state.sessions = sessions = SessionService(settings, store, registry, metrics, inference)

@@ -31,6 +31,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -83,6 +84,9 @@ class InferenceLoop:
         self.claim_interval_s = settings.claim_interval_s
         self.release_idle_s = settings.release_idle_s
         self.runner = Runner(checkpoint_half=settings.checkpoint_half)
+        # Claims wait for this (the app: the default model is loaded): a worker that is still
+        # loading must not hold leases it cannot serve (they would run out, and be taken again).
+        self.can_claim: Callable[[], bool] = lambda: True
         self._held: dict[str, Held] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
@@ -209,7 +213,8 @@ class InferenceLoop:
         if not self._beating:  # before the first claim: others must see this worker alive
             await streams.heartbeat(self.worker_id, self.lease_ttl_ms, self.load())
             self._beating = True
-        if not self.draining and now >= self._next_claim and len(self._held) < self.max_sessions:
+        if (not self.draining and now >= self._next_claim and len(self._held) < self.max_sessions
+                and self.can_claim()):
             self._next_claim = now + self.claim_interval_s
             for lease in await streams.claim(self.worker_id, self.max_sessions - len(self._held), self.lease_ttl_ms):
                 await self._adopt(lease)
@@ -289,6 +294,10 @@ class InferenceLoop:
             state = None
         if state is None:
             return  # deleted meanwhile (the lease expires by itself), or cannot be served
+        if not (await self.store.streams.renew([lease], self.lease_ttl_ms))[0]:
+            log.info(kv("lease_lost", worker=self.worker_id, session_id=lease.session_id, reason="stale",
+                        during="open"))
+            return  # its model took longer to load than the lease lived
         held = Held(state=state, lease=lease, cursor=lease.checkpoint_seq)
         if lease.checkpoint:
             try:

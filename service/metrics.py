@@ -92,6 +92,8 @@ class Metrics:
             self.claims.labels(kind)
         for reason in ("stale", "store_error"):
             self.leases_lost.labels(reason)
+        self.webhooks = Counter("movinet_webhooks_total", "Event batches POSTed to session webhooks, by outcome "
+                                "(sent, refused, failed, dropped).", ["outcome"], registry=registry)
 
     def model_loaded(self, name: str) -> None:
         self.frames_processed.labels(name)

@@ -90,6 +90,7 @@ class EventOptions:
     enter_frames: int = 3
     exit_frames: int = 3
     update_every_s: float = 5.0
+    webhook_url: str | None = None  # redacted: the real one is in the record's (secret) extra
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from service.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
 from service.sources.ingest import FrameSink
 from service.sources.rtsp import RtspPuller
-from service.sources.urls import RtspUrl, check_source
+from service.sources.urls import RtspUrl, check_source, check_webhook
 from service.store import STORE_ERRORS, SessionRecord, SessionsFull, Store
 
 if TYPE_CHECKING:
@@ -148,6 +148,9 @@ class SessionService:
         camera = None
         if request.source.type == "rtsp":  # a refused camera URL makes no session
             camera = await check_source(request.source.url, self.settings.rtsp_allow_private_addresses)
+        webhook = None
+        if request.events.webhook_url:  # a refused webhook URL makes no session either
+            webhook = await check_webhook(request.events.webhook_url, self.settings.rtsp_allow_private_addresses)
         try:
             loaded = await self.registry.load(request.model, request.weights)
         except ApiError:
@@ -156,10 +159,12 @@ class SessionService:
             log.exception(kv("model_load_failed", model=request.model, weights=request.weights))
             raise ApiError(503, "model_unavailable", f"model could not be loaded: {exc}") from None
         self.metrics.model_loaded(loaded.name)
-        options = self._options(request, loaded, camera)
+        options = self._options(request, loaded, camera, webhook)
         extra: dict[str, Any] = {}
         if camera is not None:  # options are returned and logged: the URL's secrets stay in `extra`
             extra["source_url"] = camera.url
+        if webhook is not None:
+            extra["webhook_url"] = webhook.url
         idle_timeout = min(request.idle_timeout_s or self.settings.idle_timeout_s, self.settings.max_idle_timeout_s)
         token = secrets.token_urlsafe(24)
         now = time.time()
@@ -189,7 +194,8 @@ class SessionService:
         return ApiError(429, "too_many_sessions", f"the server holds its maximum of {self.settings.max_sessions} "
                         "sessions", headers={"Retry-After": "5"})
 
-    def _options(self, request: SessionCreate, loaded: LoadedModel, camera: RtspUrl | None) -> SessionOptions:
+    def _options(self, request: SessionCreate, loaded: LoadedModel, camera: RtspUrl | None,
+                 webhook: RtspUrl | None = None) -> SessionOptions:
         """The request resolved against the model and the server's limits."""
         window, backpressure = request.window, request.backpressure
         limit = self.settings.max_backlog or max(1, math.ceil(self.settings.max_backlog_s * loaded.frame_rate))
@@ -206,7 +212,7 @@ class SessionService:
             backpressure=BackpressureOptions(
                 policy=backpressure.policy or self.settings.drop_policy,
                 max_backlog=min(backpressure.max_backlog or limit, limit)),
-            events=EventOptions(**request.events.model_dump()),
+            events=EventOptions(**{**request.events.model_dump(), "webhook_url": webhook.redacted if webhook else None}),
         )
 
     async def get(self, session_id: str) -> SessionRecord:

@@ -107,6 +107,9 @@ class EventPolicy(BaseModel):
     exit_frames: int = Field(3, ge=1, le=1000, strict=True)
     update_every_s: float = Field(5.0, gt=0.0, le=3600.0, description="An `update` event this often "
                                   "(stream seconds) while a segment lasts.")
+    webhook_url: str | None = Field(None, max_length=2048, description="Each frame's events are also POSTed "
+                                    "here as JSON (http:// or https://; its addresses are checked like a camera's; "
+                                    "retried on errors). Secrets in it are never returned nor logged.")
 
 
 class SessionCreate(BaseModel):

@@ -18,7 +18,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from service.errors import ApiError, public_reason
+from service.errors import ApiError, public_reason, shown
 
 SCHEMES = {"rtsp": 554, "rtsps": 322}
 # What FFmpeg may open for an RTSP URL: the control connection (tcp, tls for rtsps) and the
@@ -27,7 +27,7 @@ PROTOCOL_WHITELIST = "rtsp,rtsps,rtp,srtp,udp,tcp,tls"
 
 _HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
 _USERINFO = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:%]*$")
-_URL_CREDENTIALS = re.compile(r"(?i)\b(rtsps?://)[^\s/?#@]*@")
+_URL_CREDENTIALS = re.compile(r"(?i)\b((?:rtsps?|https?)://)[^\s/?#@]*@")
 _SECRET_KEYS = re.compile(r"(?i)user|pass|pwd|token|key|auth|secret|sig|cred")
 
 
@@ -53,7 +53,7 @@ def redact(text: str) -> str:
         return match.group(1) + urlencode([(k, "***" if _SECRET_KEYS.search(k) else v) for k, v in pairs],
                                           safe="*/:,")
 
-    return re.sub(r"(rtsps?://[^\s?#]*\?)([^\s#']*)", hide_query, text, flags=re.IGNORECASE)
+    return re.sub(r"((?:rtsps?|https?)://[^\s?#]*\?)([^\s#']*)", hide_query, text, flags=re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,12 @@ class RtspUrl:
         return f"{self.scheme}://{auth}{literal}:{self.port}{self.path_query}"
 
 
-def parse_url(url: str) -> RtspUrl:
-    """Syntax only (no DNS): rtsp:// or rtsps://, a plain host name or IP, a port, no odd characters."""
+WEBHOOK_SCHEMES = {"http": 80, "https": 443}
+
+
+def parse_url(url: str, schemes: dict[str, int] = SCHEMES) -> RtspUrl:
+    """Syntax only (no DNS): one of ``schemes`` (rtsp:// or rtsps:// by default; a webhook's
+    http:// or https://), a plain host name or IP, a port, no odd characters."""
     if len(url) > 2048 or any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
         raise SourceRefused("url_not_allowed", "the URL is too long or contains spaces or control characters")
     try:
@@ -88,9 +92,9 @@ def parse_url(url: str) -> RtspUrl:
     except ValueError as exc:
         raise SourceRefused("url_not_allowed", f"not a valid URL: {public_reason(exc, 80)}") from None
     scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        raise SourceRefused("url_not_allowed", "only rtsp:// and rtsps:// URLs are accepted"
-                            + (f", not {scheme}:" if scheme else ""))
+    if scheme not in schemes:
+        raise SourceRefused("url_not_allowed", "only " + " and ".join(f"{s}://" for s in schemes)
+                            + " URLs are accepted" + (f", not {shown(scheme)}:" if scheme else ""))
     userinfo, at, hostport = parts.netloc.rpartition("@")
     host = parts.hostname or ""
     if not at:
@@ -107,7 +111,7 @@ def parse_url(url: str) -> RtspUrl:
     path_query = parts.path or "/"
     if parts.query:
         path_query += "?" + parts.query
-    return RtspUrl(url=url, scheme=scheme, userinfo=userinfo, host=host, port=port or SCHEMES[scheme],
+    return RtspUrl(url=url, scheme=scheme, userinfo=userinfo, host=host, port=port or schemes[scheme],
                    path_query=path_query)
 
 
@@ -146,16 +150,16 @@ def resolve(target: RtspUrl, allow_private: bool) -> str:
     try:
         infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise SourceRefused("host_not_found", f"cannot resolve the camera's host: {public_reason(exc)}") from None
+        raise SourceRefused("host_not_found", f"cannot resolve the URL's host: {public_reason(exc)}") from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses:
-        raise SourceRefused("host_not_found", "the camera's host has no address")
+        raise SourceRefused("host_not_found", "the URL's host has no address")
     if not allow_private:
         refused = [a for a in addresses if not address_allowed(a)]
         if refused:
             raise SourceRefused(
                 "address_not_allowed",
-                f"the camera's address {refused[0]} is private, loopback, link-local or reserved; "
+                f"the URL's address {refused[0]} is private, loopback, link-local or reserved; "
                 "the server only opens public addresses (setting MOVINET_RTSP_ALLOW_PRIVATE_ADDRESSES)")
     # rtsp:// opens the address just checked; rtsps:// keeps the name for TLS (SNI, certificates).
     return target.with_host(addresses[0]) if target.scheme == "rtsp" else target.url
@@ -165,6 +169,17 @@ async def check_source(url: str, allow_private: bool) -> RtspUrl:
     """At session creation: the URL's syntax, then its addresses; refusals are 422 API errors."""
     try:
         target = parse_url(url)
+        await asyncio.get_running_loop().run_in_executor(None, resolve, target, allow_private)
+    except SourceRefused as exc:
+        raise exc.to_api_error() from None
+    return target
+
+
+async def check_webhook(url: str, allow_private: bool) -> RtspUrl:
+    """A session's webhook URL (http:// or https://), checked like a camera's: syntax, then every
+    address it resolves to; refusals are 422 API errors."""
+    try:
+        target = parse_url(url, WEBHOOK_SCHEMES)
         await asyncio.get_running_loop().run_in_executor(None, resolve, target, allow_private)
     except SourceRefused as exc:
         raise exc.to_api_error() from None

@@ -42,6 +42,7 @@ from service.settings import Settings
 from service.store import Frame, Lease, Result, StaleLease, Store, WorkerLoad
 from service.worker.events import EventDetector
 from service.worker.runner import Runner, SessionState, Step
+from service.worker.webhooks import WebhookSender
 
 log = logging.getLogger("service.worker")
 
@@ -61,6 +62,7 @@ class Held:
     cursor: int = 0  # seq of the last frame fed to the model
     since_checkpoint: int = 0
     backlog: int = 0  # frames waiting after the last commit
+    webhook_url: str | None = None  # the session's events also go here
     last_frame_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -84,6 +86,7 @@ class InferenceLoop:
         self.claim_interval_s = settings.claim_interval_s
         self.release_idle_s = settings.release_idle_s
         self.runner = Runner(checkpoint_half=settings.checkpoint_half)
+        self.webhooks = WebhookSender(metrics, settings.rtsp_allow_private_addresses)
         # Claims wait for this (the app: the default model is loaded): a worker that is still
         # loading must not hold leases it cannot serve (they would run out, and be taken again).
         self.can_claim: Callable[[], bool] = lambda: True
@@ -121,6 +124,7 @@ class InferenceLoop:
 
     async def stop(self) -> None:
         self._stopping = True
+        await self.webhooks.stop()
         if self._heart is not None:
             self._heart.cancel()
         if self._task is not None:
@@ -288,17 +292,18 @@ class InferenceLoop:
 
     async def _adopt(self, lease: Lease) -> None:
         try:
-            state = await self._open(lease.session_id)
+            opened = await self._open(lease.session_id)
         except Exception as exc:  # e.g. its model cannot load any more: this session only
             log.error(kv("session_open_failed", session_id=lease.session_id, error=repr(exc)))
-            state = None
-        if state is None:
+            opened = None
+        if opened is None:
             return  # deleted meanwhile (the lease expires by itself), or cannot be served
+        state, webhook_url = opened
         if not (await self.store.streams.renew([lease], self.lease_ttl_ms))[0]:
             log.info(kv("lease_lost", worker=self.worker_id, session_id=lease.session_id, reason="stale",
                         during="open"))
             return  # its model took longer to load than the lease lived
-        held = Held(state=state, lease=lease, cursor=lease.checkpoint_seq)
+        held = Held(state=state, lease=lease, cursor=lease.checkpoint_seq, webhook_url=webhook_url)
         if lease.checkpoint:
             try:
                 await self._in_thread(self.runner.restore, state, lease.checkpoint)
@@ -331,7 +336,8 @@ class InferenceLoop:
         self._held[lease.session_id] = held
         self._gauges()
 
-    async def _open(self, session_id: str) -> SessionState | None:
+    async def _open(self, session_id: str) -> tuple[SessionState, str | None] | None:
+        """The session's model state and its webhook URL, or None when it is gone."""
         record = await self.store.sessions.get(session_id)
         if record is None:
             return None
@@ -341,7 +347,8 @@ class InferenceLoop:
         return SessionState(session_id=session_id, model=loaded,
                             window=None if options.window.policy == "unbounded" else (window or loaded.clip_frames),
                             top_k=options.top_k, min_score=options.min_score, smoothing=options.smoothing,
-                            events=EventDetector(options.events, loaded.labels) if options.events.enabled else None)
+                            events=EventDetector(options.events, loaded.labels) if options.events.enabled else None,
+                            ), record.extra.get("webhook_url")
 
     # --- inference and commits ------------------------------------------------------------------
 
@@ -399,3 +406,5 @@ class InferenceLoop:
             self.metrics.checkpoint_bytes.observe(len(checkpoint[1]))
         self.metrics.frames_processed.labels(held.state.model.name).inc()
         self.metrics.frame_latency_seconds.observe(lag)
+        if step.events and held.webhook_url:  # committed: now they may leave the worker
+            self.webhooks.send(held.session_id, held.webhook_url, step.events)

@@ -250,3 +250,54 @@ def test_action_events_reach_the_sockets_and_the_events_route(server):
     assert events and events[0]["phase"] == "start" and all(e["phase"] in ("start", "update", "end") for e in events)
     got = httpx.get(f"{server.http}/sessions/{session['session_id']}/events", params={"token": session["token"]})
     assert got.status_code == 200 and got.json()["events"] == events
+
+
+def test_events_are_posted_to_the_sessions_webhook(plumbing_weights):
+    """The events also go to a webhook (a local HTTP server here, so private addresses are allowed
+    for this test); a webhook on a private address is refused by default, and so is a file: URL."""
+    import http.server
+    import threading
+    import time
+
+    from tests.service.conftest import run_server
+
+    received: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{hook.server_address[1]}/hook?secret=s3"
+    events_option = {"enter_score": 0.2, "exit_score": 0.1, "enter_frames": 2, "exit_frames": 1}
+    try:
+        with run_server(rtsp_allow_private_addresses=True) as server:
+            session = server.create(events={**events_option, "webhook_url": url})
+            frames = np.concatenate([moving_frames(12, direction="right", seed=31),
+                                     moving_frames(12, direction="up", seed=32)])
+            asyncio.run(_stream_images(server, session, frames, [i / 5 for i in range(24)], pace_s=0.02))
+            stored = httpx.get(f"{server.http}/sessions/{session['session_id']}/events",
+                               params={"token": session["token"]}).json()["events"]
+            status = httpx.get(f"{server.http}/sessions/{session['session_id']}",
+                               params={"token": session["token"]}).json()
+            deadline = time.monotonic() + 10
+            while sum(len(r["events"]) for r in received) < len(stored) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        with run_server() as strict:
+            refused = httpx.post(f"{strict.http}/sessions", json={"model": "movinet_test_stream",
+                                                                   "events": {"webhook_url": url}})
+            not_http = httpx.post(f"{strict.http}/sessions", json={"model": "movinet_test_stream",
+                                                                    "events": {"webhook_url": "file:///etc/passwd"}})
+    finally:
+        hook.shutdown()
+    assert stored and [e for r in received for e in r["events"]] == stored
+    assert all(r["session_id"] == session["session_id"] for r in received)
+    assert "s3" not in json.dumps(status["options"])  # the secret query value is never returned
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "address_not_allowed"
+    assert not_http.status_code == 422 and not_http.json()["error"]["code"] == "url_not_allowed"

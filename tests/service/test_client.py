@@ -96,8 +96,8 @@ def test_json_lines_and_a_file_streamed_under_the_block_policy(server, tmp_path)
     done = _client(str(video), "--url", server.http, "--model", TEST_MODEL, "--fast", "--json", "--keep")
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [m["type"] for m in lines] == ["result"] * 10 + ["summary"]
-    assert [m["seq"] for m in lines[:-1]] == list(range(1, 11))
+    assert lines[-1]["type"] == "summary" and {m["type"] for m in lines[:-1]} <= {"result", "event"}
+    assert [m["seq"] for m in lines if m["type"] == "result"] == list(range(1, 11))
     summary = lines[-1]
     assert (summary["labels"], summary["dropped"], summary["frames_sent"], summary["complete"]) == (10, 0, 10, True)
     session_id = summary["session_id"]
@@ -143,8 +143,11 @@ def test_watch_prints_a_session_labels_until_it_is_deleted(server):
     watcher = subprocess.Popen([sys.executable, "-m", "service.client", "watch", session["session_id"],
                                 "--token", session["token"], "--after-seq", "0", "--json", "--url", server.http],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = [json.loads(watcher.stdout.readline()) for _ in range(6)]  # the retained results, replayed
-    assert [m["seq"] for m in lines] == list(range(1, 7)) and all(m["type"] == "result" for m in lines)
+    lines: list[dict] = []
+    while len([m for m in lines if m["type"] == "result"]) < 6:  # the retained results, replayed
+        lines.append(json.loads(watcher.stdout.readline()))
+    assert [m["seq"] for m in lines if m["type"] == "result"] == list(range(1, 7))
+    assert {m["type"] for m in lines} <= {"result", "event"}
     time.sleep(0.2)
     httpx.delete(f"{server.http}/sessions/{session['session_id']}",
                  headers={"Authorization": f"Bearer {session['token']}"})
@@ -156,11 +159,33 @@ def test_watch_prints_a_session_labels_until_it_is_deleted(server):
 
 
 def test_events_prints_the_events_or_the_server_404(server):
-    session = server.create(top_k=1)
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    from tests.service.conftest import collect_until_close, send_images, stream_url
+
+    # Events at once: the first frame's top label starts a segment.
+    session = server.create(top_k=1, events={"enter_score": 0.01, "enter_frames": 1})
+
+    async def stream() -> None:
+        async with connect(stream_url(server, session)) as ws:
+            await ws.recv()
+            await send_images(ws, moving_frames(4, seed=26), [i / 5 for i in range(4)])
+            await ws.send(json.dumps({"type": "eos"}))
+            await collect_until_close(ws)
+
+    asyncio.run(stream())
     done = _run("events", session["session_id"], "--token", session["token"], "--url", server.http)
-    routes = {getattr(route, "path", None) for route in server.app.routes}
-    if "/sessions/{session_id}/events" in routes:
+    if "/sessions/{session_id}/events" in httpx.get(server.http + "/openapi.json").json()["paths"]:
         assert done.returncode == 0, done.stderr
+        first = done.stdout.splitlines()[0]
+        assert first.startswith("event start ") and "0.00s" in first and "score " in first, done.stdout
+        assert any(name in first for name in TEST_LABELS)
+        as_json = _run("events", session["session_id"], "--token", session["token"], "--url", server.http, "--json")
+        events = [json.loads(line) for line in as_json.stdout.splitlines()]
+        assert events and events[0]["type"] == "event" and events[0]["phase"] == "start"
+        assert len(events) == len(done.stdout.splitlines())
         missing = _run("events", "s_nope", "--token", "t", "--url", server.http)
         assert missing.returncode == 1 and "404 session_not_found" in missing.stderr
     else:  # the route is not on this server yet: say so, with the server's answer

@@ -44,6 +44,7 @@ class StateBank:
         self._template = {k: v[:1].clone() for k, v in template.items()}
         self.state = {k: v.new_zeros((capacity, *v.shape[1:])) for k, v in self._template.items()}
         self._free = list(range(capacity - 1, -1, -1))
+        self._released: list[int] = []  # freed, not yet reusable
         self._lock = threading.Lock()  # free() comes from the event loop, the rest from the inference thread
 
     @property
@@ -60,8 +61,10 @@ class StateBank:
         return StreamRows(rows)
 
     def free(self, stream: StreamRows) -> None:
+        """Give the rows back (from any thread). They are reused from the next :meth:`step` on,
+        never within a step already under way that may still write them."""
         with self._lock:
-            self._free.extend(stream.rows)
+            self._released.extend(stream.rows)
 
     def restart(self, stream: StreamRows) -> None:
         """The stream starts afresh (a failed forward, an unreadable checkpoint)."""
@@ -78,6 +81,12 @@ class StateBank:
         index = torch.tensor(rows, device=next(iter(self.state.values())).device)
         for key, value in self.state.items():
             value.index_copy_(0, index, self._template[key].expand(len(rows), *value.shape[1:]))
+
+    def collect(self) -> None:
+        """Make the rows freed since the last call reusable (the inference thread, between steps)."""
+        with self._lock:
+            self._free.extend(self._released)
+            self._released.clear()
 
     @torch.inference_mode()
     def step(self, streams: list[StreamRows], frames: torch.Tensor, forward: Forward) -> torch.Tensor:

@@ -111,6 +111,7 @@ class Runner:
         video = torch.from_numpy(pixels).to(loaded.device or "cpu", non_blocking=True)
         video = video.permute(0, 3, 1, 2).unsqueeze(2).float().div_(255.0)  # (N, 3, 1, H, W)
         bank = self.bank(first)
+        bank.collect()  # rows freed while the last forward ran are reusable now, not during one
         streams = [self._rows(s.session) for s in steps]
         with torch.inference_mode():
             logits = bank.step(streams, video, loaded.step)  # (N, classes)

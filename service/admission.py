@@ -71,10 +71,11 @@ class Admission:
             loads = self._pool
         if not loads:
             return None  # no worker has said anything yet (a pool starting): nothing to go by
-        if all(load.held >= load.max_sessions for load in loads):
-            return "every worker holds its maximum of sessions"
-        if all(load.lag_s > limit for load in loads):
-            return f"frames wait {min(load.lag_s for load in loads):.1f} s for inference (limit {limit:g} s)"
+        if all(load.held >= load.max_sessions or load.lag_s > limit for load in loads):  # none can take one
+            if all(load.held >= load.max_sessions for load in loads):
+                return "every worker holds its maximum of sessions"
+            lagging = [load.lag_s for load in loads if load.held < load.max_sessions]
+            return f"frames wait {min(lagging):.1f} s for inference (limit {limit:g} s)"
         return None
 
     async def check_load(self) -> None:

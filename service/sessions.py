@@ -265,6 +265,7 @@ class SessionService:
 
     async def delete(self, session_id: str, reason: str = "deleted") -> bool:
         if await self.store.sessions.get(session_id) is None:
+            await self.store.delete_session(session_id)  # what is left of it (listings, keys) goes too
             return False
         await self.hub.close_session(session_id, CloseCode.GONE, f"session {reason}",
                                      messages.error(f"session_{reason}", f"the session was {reason}"))
@@ -293,7 +294,7 @@ class SessionService:
             self.hub.detach_stream(session_id, connection)
             return False
         self._producers[(session_id, id(connection))] = asyncio.create_task(
-            self._keep_producer(session_id, owner), name=f"producer-{session_id}")
+            self._keep_producer(session_id, owner, connection), name=f"producer-{session_id}")
         return True
 
     async def detach_producer(self, session_id: str, connection: Closable) -> None:
@@ -306,13 +307,21 @@ class SessionService:
         except STORE_ERRORS:
             pass  # it expires by itself
 
-    async def _keep_producer(self, session_id: str, owner: str) -> None:
+    async def _keep_producer(self, session_id: str, owner: str, connection: Closable) -> None:
         while True:
             await asyncio.sleep(PRODUCER_TTL_MS / 3000.0)
             try:
-                await self.store.sessions.claim_producer(session_id, owner, PRODUCER_TTL_MS)
+                held = await self.store.sessions.claim_producer(session_id, owner, PRODUCER_TTL_MS)
             except STORE_ERRORS:
-                pass
+                continue
+            if not held:  # another gateway took the slot (this one stalled): one producer only
+                log.warning(kv("producer_slot_lost", session_id=session_id))
+                # In a task of its own: the close detaches the producer, which cancels this task.
+                asyncio.get_running_loop().create_task(connection.close(
+                    CloseCode.CONFLICT, "another client streams into this session",
+                    messages.error("stream_in_use", "another gateway took this session's frames over; reconnect "
+                                   "to go on")))
+                return
 
     async def touch(self, session_id: str) -> None:
         await self.store.sessions.touch(session_id, time.time())
@@ -336,8 +345,10 @@ class SessionService:
         async def stopped(puller: RtspPuller) -> None:
             await self.detach_producer(session_id, puller)
 
-        puller = RtspPuller(self.sink(record), loaded, camera, record.options.source, self.settings, self.metrics,
+        sink = self.sink(record)
+        puller = RtspPuller(sink, loaded, camera, record.options.source, self.settings, self.metrics,
                             broadcast=broadcast, on_stopped=stopped)
+        sink.on_lost = puller.stop
         if not await self.attach_producer(session_id, puller):  # the producer slot, across gateways
             raise ApiError(409, "stream_in_use", "the session already has a frame producer")
         puller.start()
@@ -358,6 +369,11 @@ class SessionService:
         sink = self.sink(record)
         peer = WebRtcPeer(sink, loaded, self.settings, self.store, self.metrics, pool, on_closed=closed)
         sink.report = peer.report
+
+        async def lost() -> None:
+            await peer.close(CloseCode.GONE, "session lost", messages.error("session_lost", "the session is gone"))
+
+        sink.on_lost = lost
         if session_id in self.hub.streams or not await self.attach_producer(session_id, peer):
             await peer.pc.close()
             raise ApiError(409, "stream_in_use", "another client already streams frames into this session")

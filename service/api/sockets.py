@@ -197,6 +197,12 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
                     break
     except WebSocketDisconnect as exc:
         close_code = exc.code
+    except STORE_ERRORS as exc:  # the store went away at the start: reconnect later (documented 1013)
+        log.warning(kv("store_unavailable", session_id=session_id, error=repr(exc)))
+        close_code = CloseCode.TRY_AGAIN_LATER
+        await connection.close(CloseCode.TRY_AGAIN_LATER, "state store unavailable",
+                               messages.error("store_unavailable", "the state store is unreachable; reconnect "
+                                              "in a moment"))
     except Exception:
         log.exception(kv("stream_failed", session_id=session_id))
         await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
@@ -299,6 +305,11 @@ async def labels(websocket: WebSocket, session_id: str) -> None:
                 break
     except WebSocketDisconnect:
         pass
+    except STORE_ERRORS as exc:  # the store went away at the start: reconnect later (documented 1013)
+        log.warning(kv("store_unavailable", session_id=session_id, error=repr(exc)))
+        await connection.close(CloseCode.TRY_AGAIN_LATER, "state store unavailable",
+                               messages.error("store_unavailable", "the state store is unreachable; reconnect "
+                                              "in a moment"))
     finally:
         connection.closed.set()
         if pump_task is not None:

@@ -151,6 +151,8 @@ class _ChunkReader(io.RawIOBase):
             if chunk is None:
                 self._eof = True
         self._buffer.clear()
+        with self._lock:
+            self.pending = 0  # nothing waits for the demuxer any more: the socket must read on
 
 
 class VideoStreamDecoder:

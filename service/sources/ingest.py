@@ -49,6 +49,9 @@ class FrameSink:
         self.last_seq = 0  # seq of the last frame this producer appended
         self.streaming = False  # an input stream is open
         self._touch = touch
+        # Called once when the session turns out to be gone (the producer should stop): a task,
+        # so that the producer may cancel what called it.
+        self.on_lost: Callable[[], Awaitable[None]] | None = None
         self._touched_at = 0.0
         self._store_error_reported = 0.0
         self._lost_reported = False
@@ -79,6 +82,8 @@ class FrameSink:
             if not self._lost_reported:
                 self._lost_reported = True
                 await self.report("session_lost", "the session is gone from the store")
+                if self.on_lost is not None:  # e.g. deleted through another gateway: the producer stops
+                    asyncio.get_running_loop().create_task(self.on_lost())
             return
         self.last_seq = appended.seq
         self.metrics.frames_received.labels(kind).inc()

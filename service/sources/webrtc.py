@@ -129,8 +129,10 @@ class WebRtcPeer:
             await self.channel.send(message)
         if self.channel is not None:
             self.channel.closed.set()
+        current = asyncio.current_task()
         for task in self._tasks + ([self._watchdog] if self._watchdog else []):
-            task.cancel()
+            if task is not current:  # the labels pump may be what closes the peer
+                task.cancel()
         if self._pipe is not None:
             self._pipe.close()
         await self.sink.end_stream()

@@ -184,6 +184,7 @@ class WebSocketInput:
         if decoder is None:
             return
         # Backpressure to the socket: stop reading while the decoder is this far behind.
-        while decoder.buffered_bytes > self.settings.max_video_buffer_bytes and self._video is decoder:
+        while (decoder.buffered_bytes > self.settings.max_video_buffer_bytes and self._video is decoder
+               and not decoder.failed):
             await asyncio.sleep(0.005)
         decoder.feed(data)

@@ -250,6 +250,8 @@ class MemoryStreamLog:
 
     def _save_checkpoint(self, session_id: str, log: _Log, checkpoint: tuple[int, bytes]) -> None:
         seq, data = checkpoint
+        if seq <= 0 or seq > log.processed_seq:  # none, or ahead of what is committed: not a resume point
+            return
         self._checkpoints[session_id] = (seq, data)
         while log.frames and log.frames[0].seq <= seq:
             log.frames.popleft()

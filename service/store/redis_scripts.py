@@ -195,7 +195,10 @@ return 1
 # Returns the frames still waiting, or -1 when the lease was already lost.
 RELEASE = SAVE_CHECKPOINT_LUA + PENDING_LUA + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-save_checkpoint(KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[1])
+-- A checkpoint ahead of the committed progress is no resume point (a tick cut short): not saved.
+if tonumber(ARGV[2]) <= tonumber(redis.call('HGET', KEYS[1], 'processed_seq') or '0') then
+  save_checkpoint(KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[1])
+end
 redis.call('DEL', KEYS[2])
 return #pending(KEYS[1], KEYS[4], 1)
 """

@@ -90,25 +90,30 @@ class StateBank:
 
     @torch.inference_mode()
     def step(self, streams: list[StreamRows], frames: torch.Tensor, forward: Forward) -> torch.Tensor:
-        """Feed ``frames[i]`` (``[N, 3, 1, H, W]``) to ``streams[i]``; the answer logits ``[N, classes]``."""
+        """Feed ``frames[i]`` (``[N, 3, 1, H, W]``) to ``streams[i]``; the answer logits ``[N, classes]``.
+
+        All or nothing: when the forward raises, or gives a non-finite logit (``FloatingPointError``),
+        no stream has moved on (a row due for its reset may be zeroed already: it is reset again)."""
         picks: list[int] = []  # frame index per active row
         rows: list[int] = []
         answer: list[int] = []  # position in `rows` of each stream's answer
         reset: list[int] = []
+        counts: list[list[int]] = []  # each stream's counts after this frame
         window = self.window
         for index, stream in enumerate(streams):
             active = [0] if window is None or stream.frames_seen < window // 2 else [0, 1]
+            after = list(stream.counts)
             best, best_count = -1, -1
             for r in active:
-                if window is not None and stream.counts[r] >= window:
-                    stream.counts[r] = 0
+                if window is not None and after[r] >= window:
+                    after[r] = 0
                     reset.append(stream.rows[r])
-                stream.counts[r] += 1
-                if stream.counts[r] > best_count:
-                    best, best_count = len(rows), stream.counts[r]
+                after[r] += 1
+                if after[r] > best_count:
+                    best, best_count = len(rows), after[r]
                 rows.append(stream.rows[r])
                 picks.append(index)
-            stream.frames_seen += 1
+            counts.append(after)
             answer.append(best)
         if reset:
             self._reset(reset)
@@ -117,8 +122,13 @@ class StateBank:
         batch = {k: v.index_select(0, index) for k, v in self.state.items()}
         video = frames if picks == list(range(len(streams))) else frames[torch.tensor(picks, device=device)]
         logits, new = forward(video, batch)
+        if not torch.isfinite(logits).all():
+            raise FloatingPointError("non-finite scores")
         for key, value in self.state.items():
             value.index_copy_(0, index, new[key].to(value.device, value.dtype))
+        for stream, after in zip(streams, counts, strict=True):
+            stream.counts = after
+            stream.frames_seen += 1
         return logits[torch.tensor(answer, device=logits.device)]
 
     # --- checkpoints --------------------------------------------------------------------------

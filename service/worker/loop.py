@@ -59,7 +59,8 @@ class Held:
 
     state: SessionState
     lease: Lease
-    cursor: int = 0  # seq of the last frame fed to the model
+    cursor: int = 0  # seq of the last frame whose result is committed (the state matches it when fed == cursor)
+    fed: int = 0  # seq of the last frame fed to the model
     since_checkpoint: int = 0
     backlog: int = 0  # frames waiting after the last commit
     webhook_url: str | None = None  # the session's events also go here
@@ -147,6 +148,7 @@ class InferenceLoop:
                 await asyncio.wait_for(asyncio.shield(self._task), min(timeout / 2, 5.0))
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)  # its forward finishes first
         released = 0
         try:
             async with asyncio.timeout(timeout):
@@ -165,6 +167,11 @@ class InferenceLoop:
     def held(self) -> dict[str, Held]:
         return self._held
 
+    def _observe_lag(self, lag: float) -> None:
+        """How long the oldest frame taken this tick waited (all of them, batched or not)."""
+        self._lag_s = 0.8 * self._lag_s + 0.2 * lag if time.monotonic() - self._lag_at < 5.0 else lag
+        self._lag_at = time.monotonic()
+
     def load(self) -> WorkerLoad:
         """How loaded this worker is (admission control); the lag decays while nothing waits."""
         idle_s = time.monotonic() - self._lag_at
@@ -174,8 +181,16 @@ class InferenceLoop:
     def forget(self, session_id: str) -> None:
         held = self._held.pop(session_id, None)
         if held is not None:
-            self.runner.release(held.state)
+            self._release_rows(held)
         self._gauges()
+
+    def _release_rows(self, held: Held) -> None:
+        """Free the session's rows in the inference thread, after any forward under way (a forward
+        may still use them; the thread runs one thing at a time)."""
+        try:
+            self._executor.submit(self.runner.release, held.state)
+        except RuntimeError:  # the executor is shut down: the worker is stopping
+            pass
 
     def _gauges(self) -> None:
         self.metrics.sessions_held.set(len(self._held))
@@ -201,7 +216,7 @@ class InferenceLoop:
         if self._held:
             self.metrics.leases_lost.labels("store_error").inc(len(self._held))
         for held in self._held.values():
-            self.runner.release(held.state)
+            self._release_rows(held)
         self._held.clear()
         self._gauges()
         self._backoff = min(max(0.1, self._backoff * 2), 5.0)
@@ -242,12 +257,20 @@ class InferenceLoop:
         await self._release_idle(set(frames))
         if not frames:
             return
-        batch = [(self._held[sid], frame) for sid, frame in frames.items() if sid in self._held][: self.max_batch]
+        # The frames that waited longest first: with more sessions than max_batch, every session is
+        # served in turn (the rest keep their taken frame for the next tick), none starves.
+        waiting = sorted(((self._held[sid], frame) for sid, frame in frames.items() if sid in self._held),
+                         key=lambda item: item[1].received_at)
+        if waiting:
+            self._observe_lag(time.time() - waiting[0][1].received_at)
+        batch = waiting[: self.max_batch]
         groups: dict[tuple[str, int | None], list[tuple[Held, Step]]] = {}
         for held, frame in batch:
             groups.setdefault(held.state.group, []).append((held, Step(held.state, frame)))
         for group in groups.values():
             await self._infer([step for _, step in group])
+            for held, step in group:
+                held.fed = step.frame.seq
         await asyncio.gather(*(self._commit(held, step) for group in groups.values() for held, step in group))
         self._gauges()
         self.ticks += 1
@@ -274,7 +297,9 @@ class InferenceLoop:
                 await self._release(held, reason="idle")
 
     async def _release(self, held: Held, reason: str) -> bool:
-        data = await self._in_thread(self.runner.encode, held.state)
+        # A state ahead of what is committed (a tick cut short) is not saved: the next owner
+        # resumes from the last checkpoint and replays, as after a crash.
+        data = await self._in_thread(self.runner.encode, held.state) if held.fed == held.cursor else None
         try:
             await self.store.streams.release(held.lease, (held.cursor, data) if data else None)
         except StaleLease:
@@ -309,7 +334,7 @@ class InferenceLoop:
                 await self._in_thread(self.runner.restore, state, lease.checkpoint)
             except Exception as exc:
                 log.error(kv("checkpoint_unreadable", session_id=lease.session_id, error=repr(exc)))
-                self.runner.restart(state)
+                await self._in_thread(self.runner.restart, state)
                 held.cursor = lease.processed_seq  # start afresh after what was already answered
         replay: list[Frame] = []
         if held.cursor < lease.processed_seq:
@@ -318,7 +343,12 @@ class InferenceLoop:
             # In chunks, renewing the lease between them: a long replay on a busy machine must
             # not outlive the lease it runs under (another worker would take over, and replay more).
             for start in range(0, len(replay), REPLAY_CHUNK):
-                await self._in_thread(self.runner.replay, state, replay[start : start + REPLAY_CHUNK])
+                try:
+                    await self._in_thread(self.runner.replay, state, replay[start : start + REPLAY_CHUNK])
+                except Exception as exc:  # a frame that fails every time: this session starts afresh
+                    log.error(kv("replay_failed", session_id=lease.session_id, error=repr(exc)))
+                    await self._in_thread(self.runner.restart, state)
+                    break
                 if not (await self.store.streams.renew([lease], self.lease_ttl_ms))[0]:
                     self.runner.release(state)
                     self.metrics.leases_lost.labels("stale").inc()
@@ -327,6 +357,7 @@ class InferenceLoop:
                     return
             self.metrics.replayed_frames.inc(len(replay))
             held.cursor = lease.processed_seq
+        held.fed = held.cursor
         # The frames the checkpoint does not cover count towards the next one, so that a session
         # taken over again and again replays at most checkpoint_every frames, not ever more.
         held.since_checkpoint = held.cursor - lease.checkpoint_seq
@@ -357,10 +388,7 @@ class InferenceLoop:
         now = time.time()
         for step in steps:
             self.metrics.queue_wait_seconds.observe(max(0.0, now - step.frame.received_at))
-        lag = max(now - s.frame.received_at for s in steps)
-        self.metrics.queue_lag_seconds.set(lag)
-        self._lag_s = 0.8 * self._lag_s + 0.2 * lag if time.monotonic() - self._lag_at < 5.0 else lag
-        self._lag_at = time.monotonic()
+        self.metrics.queue_lag_seconds.set(max(now - s.frame.received_at for s in steps))
         started = time.perf_counter()
         try:
             await self._in_thread(self.runner.forward, steps)
@@ -373,7 +401,7 @@ class InferenceLoop:
                     await self._in_thread(self.runner.forward, [step])
                 except Exception as single_exc:
                     step.error = "inference failed on this frame"
-                    self.runner.restart(step.session)
+                    await self._in_thread(self.runner.restart, step.session)
                     log.error(kv("session_inference_failed", session_id=step.session.session_id,
                                  error=repr(single_exc)))
         elapsed = time.perf_counter() - started
@@ -384,7 +412,6 @@ class InferenceLoop:
         frame = step.frame
         if self._held.get(held.session_id) is not held:
             return  # forgotten (deleted, lease lost) while the forward ran
-        held.cursor = frame.seq
         held.since_checkpoint += 1
         now = time.time()
         lag = max(0.0, now - frame.received_at)
@@ -400,6 +427,7 @@ class InferenceLoop:
         except StaleLease:
             self._lost(held, "stale")
             return
+        held.cursor = frame.seq
         if checkpoint is not None:
             held.since_checkpoint = 0
             self.metrics.checkpoints.inc()

@@ -210,6 +210,8 @@ async def test_checkpoint_trims_the_log_and_a_new_lease_resumes_from_it(make_sto
     assert (again.processed_seq, again.checkpoint_seq, again.checkpoint) == (3, 2, b"state@2")
     replay = await store.streams.frames_after("a", again.checkpoint_seq, again.processed_seq)
     assert [f.seq for f in replay] == [3]
+    for seq in (4, 5):  # a checkpoint is a resume point only where the results are committed
+        await store.streams.commit(again, [result(seq)], None, 5000)
     await store.streams.release(again, (5, b"state@5"))
     assert await store.streams.checkpoint("a") == (5, b"state@5")
     assert await store.streams.frames_after("a", 0) == []
@@ -413,4 +415,16 @@ async def test_events_are_committed_with_their_result_once(make_store):
     assert (await store.results.read_after("a", 0))[0].events == [started]
     await store.delete_session("a")
     assert await store.results.events("a") == []
+    await store.close()
+
+
+async def test_a_checkpoint_ahead_of_the_committed_progress_is_not_saved(make_store):
+    store = make_store()
+    await with_frames(store, "a", 3)
+    [lease] = await store.streams.claim("w1", 5, 5000)
+    await store.streams.commit(lease, [result(1)], None, 5000)
+    await store.streams.release(lease, (3, b"ahead"))  # frames 2..3 were fed, never committed
+    assert await store.streams.checkpoint("a") is None
+    [again] = await store.streams.claim("w2", 5, 5000)
+    assert (again.processed_seq, again.checkpoint_seq) == (1, 0)
     await store.close()

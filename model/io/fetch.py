@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import os
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -38,14 +38,20 @@ def official_url(name: str, base_url: str | None = None) -> str:
 
 
 def _download(url: str, dest: Path, quiet: bool = False) -> str:
+    """Stream ``url`` to ``dest``; the sha256 of what arrived. A body shorter than its
+    Content-Length (a server that went away mid-transfer) raises ``OSError``."""
     digest = hashlib.sha256()
+    received = 0
     with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {Path(url).name}", disable=quiet, file=sys.stderr) as bar:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
+                received += len(chunk)
                 bar.update(len(chunk))
+    if total is not None and received != total:
+        raise OSError(f"the connection closed after {received} of {total} bytes")
     return digest.hexdigest()
 
 
@@ -75,7 +81,7 @@ def fetch(name: str, *, base_url: str | None = None, sha256: str | None = None, 
         archive = Path(tmp) / f"{name}.tar.gz"
         try:
             digest = _download(url, archive, quiet)
-        except OSError as error:
+        except (OSError, http.client.HTTPException) as error:  # IncompleteRead is an HTTPException
             raise ValueError(f"could not download {url}: {error}") from None
         if sha256 and digest != sha256.lower():
             raise ValueError(f"{url}: sha256 {digest} does not match the expected {sha256}")
@@ -85,10 +91,21 @@ def fetch(name: str, *, base_url: str | None = None, sha256: str | None = None, 
             raise ValueError(f"{url} is not a valid tar.gz archive: {error}") from None
         ckpt_dir = find_checkpoint_dir(Path(tmp) / "unpacked")
         net = convert_checkpoint(ckpt_dir, name)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_suffix(".partial")
-        save_weights(net, partial, extra={"source_url": url, "source_sha256": digest})
-        shutil.move(partial, out)
+        # Written next to its final name, then renamed: the cache never holds a half-written
+        # .safetensors, and two processes fetching into one shared cache do not collide.
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            handle, partial_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+        except OSError as error:
+            raise ValueError(f"cannot write to the weights cache {out.parent}: {error.strerror or error}") from None
+        os.close(handle)
+        partial = Path(partial_name)
+        try:
+            save_weights(net, partial, extra={"source_url": url, "source_sha256": digest})
+            partial.chmod(0o644)  # mkstemp's 0600 would hide a file baked into an image as root
+            os.replace(partial, out)
+        finally:
+            partial.unlink(missing_ok=True)
     return out
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from service.errors import ApiError, shown
@@ -49,10 +51,65 @@ class LoadedModel:
             return stream
 
 
+def is_weights_path(weights: str | None) -> bool:
+    """A weights setting that names a file (``./mine.safetensors``), not a tag (``motion``)."""
+    return bool(weights) and (weights.endswith(".safetensors") or "/" in weights or os.sep in weights)
+
+
+def weights_file_choice(path: str | Path) -> tuple[str, str]:
+    """(stream model, tag) of a weights file, from its own metadata; ``ValueError`` that says why not.
+
+    The tag is the file stem, less a leading ``<model>_`` (the cache's own naming:
+    ``movinet_a2_stream_kinetics600.safetensors`` is ``kinetics600``).
+    """
+    import model
+    from model.io.weights import read_metadata
+
+    path = Path(path)
+    name = read_metadata(path)["model"]  # ValueError: missing, not safetensors, not ours
+    if name not in model.list_models():
+        raise ValueError(f"{path} holds {shown(name)}, which is not a model of this version")
+    if model.model_info(name).mode != "stream":
+        raise ValueError(f"{path} holds {name}, a base model; the service runs *_stream models")
+    tag = path.stem.removeprefix(f"{name}_") or path.stem
+    return name, tag
+
+
+def scan_weights_dir(folder: str | Path) -> dict[str, dict[str, Path]]:
+    """model → tag → file for every stream-model weights file in ``folder`` (others are logged, skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"MOVINET_WEIGHTS_DIR={folder} is not a folder")
+    found: dict[str, dict[str, Path]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            name, tag = weights_file_choice(path)
+        except ValueError as exc:
+            log.warning(kv("weights_file_skipped", path=str(path), reason=str(exc)))
+            continue
+        if tag == RANDOM or tag in found.get(name, {}):
+            log.warning(kv("weights_file_skipped", path=str(path), reason=f"tag {tag!r} is taken for {name}"))
+            continue
+        found.setdefault(name, {})[tag] = path
+    return found
+
+
 class ModelRegistry:
     def __init__(self, default_model: str, default_weights: str | None, allow_random_weights: bool,
-                 trace: bool = True, device: str = "auto", backend: str = "torch"):
+                 trace: bool = True, device: str = "auto", backend: str = "torch",
+                 weights_dir: str | Path | None = None):
         self.default_model = default_model
+        # Weights files beyond the cache's and the package's: MOVINET_WEIGHTS_DIR's, and a default
+        # given as a path. Sessions name them by tag; a request never names a path.
+        self._files: dict[str, dict[str, Path]] = scan_weights_dir(weights_dir) if weights_dir else {}
+        self._aliases: dict[str, str] = {}
+        if is_weights_path(default_weights):
+            name, tag = weights_file_choice(default_weights)
+            if name != default_model:
+                raise ValueError(f"{default_weights} holds {name}, not {default_model}")
+            self._files.setdefault(name, {})[tag] = Path(default_weights)
+            self._aliases[default_weights] = tag
+            default_weights = tag
         self.default_weights = default_weights
         self.allow_random_weights = allow_random_weights
         self.trace = trace
@@ -71,14 +128,12 @@ class ModelRegistry:
         for name in model.list_models():
             if model.model_info(name).mode != "stream":
                 continue  # base models pool over whole clips: no frame-by-frame state to serve
-            weights = list(model.available_weights(name))
-            if self.allow_random_weights:
-                weights.append(RANDOM)
+            weights = self.weights_of(name)
             if not weights:
                 continue
             info = model.model_info(name)
             if weights[0] != RANDOM:  # the facts of trained weights travel in their file
-                meta = read_metadata(model.resolve_weights(name, weights[0]))["info"]
+                meta = read_metadata(self._source(name, weights[0]))["info"]
                 info = dataclasses.replace(info, **{k: meta[k] for k in ("input_size", "frame_rate", "clip_frames")})
             entry: dict[str, Any] = {
                 "name": name, "weights": weights, "default": name == self.default_model,
@@ -102,9 +157,8 @@ class ModelRegistry:
             raise ApiError(404, "unknown_model", f"no model named {shown(name)}; see GET /models")
         if model.model_info(name).mode != "stream":
             raise ApiError(422, "model_not_streamable", f"{name} is a base model; use a *_stream model")
-        available = list(model.available_weights(name))
-        if self.allow_random_weights:
-            available.append(RANDOM)
+        available = self.weights_of(name)
+        weights = self._aliases.get(weights, weights) if weights else weights
         if weights is None:
             weights = self.default_weights if name == self.default_model and self.default_weights else None
         if weights is None:
@@ -114,6 +168,25 @@ class ModelRegistry:
         if weights not in available:
             raise ApiError(422, "no_weights", f"weights {shown(weights)} not available for {name}: {available}")
         return name, weights
+
+    def weights_of(self, name: str) -> list[str]:
+        """The weights tags of ``name`` here: the package's and the cache's, the weights files', then
+        ``random`` where allowed."""
+        import model
+
+        tags = list(model.available_weights(name))
+        tags += [tag for tag in self._files.get(name, {}) if tag not in tags]
+        if self.allow_random_weights:
+            tags.append(RANDOM)
+        return tags
+
+    def _source(self, name: str, weights: str) -> Path:
+        """The file of a weights tag: the package's or the cache's first, then the weights files'."""
+        import model
+
+        if weights in model.available_weights(name) or weights not in self._files.get(name, {}):
+            return model.resolve_weights(name, weights)
+        return self._files[name][weights]
 
     def get_loaded(self, key: str) -> LoadedModel | None:
         return self._loaded.get(key)
@@ -127,7 +200,8 @@ class ModelRegistry:
         async with lock:
             if key not in self._loaded:
                 self._loaded[key] = await asyncio.to_thread(_build, name, weights, self.trace, self.device,
-                                                            self._onnx_directory())
+                                                            self._onnx_directory(),
+                                                            None if weights == RANDOM else self._source(name, weights))
         return self._loaded[key]
 
     def _onnx_directory(self) -> Any:
@@ -165,7 +239,8 @@ def resolve_device(device: str) -> Any:
     return resolved
 
 
-def _build(name: str, weights: str, trace: bool = True, device: Any = None, onnx_dir: Any = None) -> LoadedModel:
+def _build(name: str, weights: str, trace: bool = True, device: Any = None, onnx_dir: Any = None,
+           source: Any = None) -> LoadedModel:
     import time
 
     import torch
@@ -175,7 +250,7 @@ def _build(name: str, weights: str, trace: bool = True, device: Any = None, onnx
     started = time.perf_counter()
     from model.optimize import optimize_for_inference
 
-    net = model.create_model(name, weights=None if weights == RANDOM else weights)
+    net = model.create_model(name, weights=None if weights == RANDOM else (source or weights))
     # BN folded into the convolutions: same outputs to ~1e-6, ~10 % faster (docs/benchmarks.md)
     net = optimize_for_inference(net.eval())
     device = device or torch.device("cpu")

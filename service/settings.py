@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
@@ -42,10 +43,18 @@ class Settings(BaseSettings):
 
     # Models.
     model: str = Field("movinet_a0_stream", description="Default model for new sessions.")
-    weights: str | None = Field(None, description="Default weights tag; None = the model's first available.")
+    weights: str | None = Field(None, description="Default weights: a tag (kinetics600 is fetched at startup when "
+                                "not cached) or a .safetensors path (its metadata names the model); None = the "
+                                "model's first available.")
+    weights_dir: Path | None = Field(None, description="A folder of .safetensors weights files (read at start): "
+                                     "each one of a stream model is a weights choice for it, its tag the file stem.")
     allow_random_weights: bool = Field(
         False, description="Serve models that have no trained weights (random init). For tests and demos."
     )
+    cache_dir: Path | None = Field(None, description="Where fetched official weights are cached (model.io reads "
+                                   "it from the environment); default ~/.cache/movinet.")
+    weights_base_url: str | None = Field(None, description="Where official weights tarballs are fetched from "
+                                         "(a mirror); default the TF Model Garden bucket.")
     preload: bool = Field(True, description="Load and warm the default model before /readyz turns ready.")
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads for inference; 0 = auto: one less than the CPU cores "

@@ -20,6 +20,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 from tqdm import tqdm
@@ -87,7 +88,7 @@ def fetch(name: str, *, base_url: str | None = None, sha256: str | None = None, 
             raise ValueError(f"{url}: sha256 {digest} does not match the expected {sha256}")
         try:
             _safe_extract(archive, Path(tmp) / "unpacked")
-        except tarfile.TarError as error:
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as error:  # a cut gzip stream: EOFError
             raise ValueError(f"{url} is not a valid tar.gz archive: {error}") from None
         ckpt_dir = find_checkpoint_dir(Path(tmp) / "unpacked")
         net = convert_checkpoint(ckpt_dir, name)

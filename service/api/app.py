@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
                                               if settings.redis_url else {}))
         state.registry = registry = ModelRegistry(settings.model, settings.weights, settings.allow_random_weights,
                                                  trace=settings.trace_inference, device=settings.device,
-                                                 backend=settings.backend)
+                                                 backend=settings.backend, weights_dir=settings.weights_dir)
         state.inference = inference = None
         if role in ("serve", "worker"):
             state.inference = inference = InferenceLoop(settings, store, registry, metrics)

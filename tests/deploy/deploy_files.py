@@ -32,7 +32,7 @@ HEALTHCHECK_SCRIPT = ROOT / "docker" / "healthcheck.py"
 
 # Manifests in k8s/ that no kustomization applies, on purpose.
 K8S_EXAMPLES = {K8S / "secret.example.yaml"}
-KUSTOMIZATIONS = [K8S, K8S / "overlays" / "gpu"]
+KUSTOMIZATIONS = [K8S, K8S / "overlays" / "gpu", K8S / "overlays" / "official-weights"]
 
 ROLES = ("serve", "gateway", "worker")
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 
 from service.cli import main
 from tests.model.io.test_fetch import NAME, official_style_tarball
-from tests.service.cli_server import cli_server, free_port
+from tests.service.cli_server import _command, cli_server, free_port
 
 CACHED = f"{NAME}_kinetics600.safetensors"
 
@@ -121,18 +123,23 @@ def test_fetch_failures_are_one_line_exit_1_and_leave_no_file(www, tmp_path, cap
 
 
 @pytest.mark.parametrize("fault", ["truncated", "server_gone"])
-def test_serve_that_cannot_fetch_exits_1_with_one_line_before_listening(www, tmp_path, capsys, monkeypatch, fault):
-    _, _, handler = www
+def test_serve_that_cannot_fetch_exits_1_with_one_line_before_listening(www, tmp_path, fault):
+    base_url, _, handler = www
     if fault == "truncated":
         handler.truncate.add(f"{NAME}.tar.gz")
     else:
-        monkeypatch.setenv("MOVINET_WEIGHTS_BASE_URL", f"http://127.0.0.1:{free_port()}")
+        base_url = f"http://127.0.0.1:{free_port()}"
     port = free_port()
-    assert main(["serve", "--host", "127.0.0.1", "--port", str(port), "--model", NAME, "--weights",
-                 "kinetics600"]) == 1
-    err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith(f"movinet-service serve: cannot fetch {NAME}: could not download")
-    assert "Traceback" not in err
+    done = subprocess.run([*_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--model", NAME,
+                           "--weights", "kinetics600"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MOVINET_WEIGHTS_BASE_URL": base_url,
+                               "MOVINET_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 1, done.stderr
+    # stderr: the "fetching" line, tqdm's progress bar (cut at 50 % when truncated), the reason
+    fetching, reason = [line for line in done.stderr.splitlines() if line.startswith("movinet-service")]
+    assert fetching.startswith(f"movinet-service serve: fetching {NAME} (kinetics600) from {base_url}")
+    assert reason.startswith(f"movinet-service serve: cannot fetch {NAME}: could not download"), done.stderr
+    assert "Traceback" not in done.stderr
     assert cache_files(tmp_path) == []
     with socket.socket() as probe:  # the listener was closed
         assert probe.connect_ex(("127.0.0.1", port)) != 0
@@ -154,7 +161,7 @@ def test_serve_fetches_missing_official_weights_at_startup(www, tmp_path):
     assert log.index("fetching") < log.index("model_loaded")
 
 
-def test_serve_with_a_weights_file_takes_its_model(tmp_path, capsys, monkeypatch):
+def test_serve_with_a_weights_file_takes_its_model(tmp_path, monkeypatch):
     import model
     from tests.model.helpers import randomized
 
@@ -169,11 +176,15 @@ def test_serve_with_a_weights_file_takes_its_model(tmp_path, capsys, monkeypatch
         assert session["weights"] == "mine"
         labels = httpx.get(server.http + f"/models/{NAME}/labels", params={"weights": "mine"}).json()
         assert labels["labels"] == net.labels, labels
-    # the same file, named by a model it does not hold; a file that is not there
+    # the same file, named by a model it does not hold; a file that is not there (the real
+    # command: an in-process run would share this process's logging with earlier servers)
     port = str(free_port())
-    assert main(["serve", "--port", port, "--model", "movinet_a0_stream", "--weights", str(path)]) == 2
-    assert capsys.readouterr().err.splitlines() == [
-        f"movinet-service serve: weights file {path} holds {NAME}, not movinet_a0_stream"]
-    assert main(["serve", "--port", port, "--weights", str(tmp_path / "nope.safetensors")]) == 2
-    assert capsys.readouterr().err.splitlines() == [
-        f"movinet-service serve: weights file {tmp_path / 'nope.safetensors'} does not exist"]
+    for argv, line in (
+        (["--model", "movinet_a0_stream", "--weights", str(path)],
+         f"movinet-service serve: weights file {path} holds {NAME}, not movinet_a0_stream"),
+        (["--weights", str(tmp_path / "nope.safetensors")],
+         f"movinet-service serve: weights file {tmp_path / 'nope.safetensors'} does not exist"),
+    ):
+        done = subprocess.run([*_command(), "serve", "--port", port, *argv], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "MOVINET_LOG_LEVEL": "info"})
+        assert (done.returncode, done.stderr.splitlines()) == (2, [line]), done.stderr

@@ -4,7 +4,8 @@ A weights file carries its construction arguments (model name, number of classes
 input size, frame rate, clip length, mode options) in the safetensors header, so
 :func:`load_model` needs nothing else. This module owns that format (:func:`save_weights`,
 :func:`read_metadata`, :func:`load_model`), the strict load every weights source goes through
-(:func:`load_state_dict_strict`), and where weights live: bundled with the package or cached by
+(:func:`load_state_dict_strict`; :func:`load_backbone` loads all but a new head, for
+fine-tuning), and where weights live: bundled with the package or cached by
 :mod:`model.io.fetch` (:func:`resolve_weights`, :func:`available_weights`).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -76,9 +78,23 @@ def read_metadata(path: str | Path) -> dict:
     }
 
 
-def load_state_dict_strict(net: MoViNet, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``tensors`` into ``net``; raise ``ValueError`` naming every missing, unexpected or mis-shaped tensor."""
+def load_state_dict_strict(
+    net: MoViNet, tensors: dict[str, torch.Tensor], source: str, fresh: Sequence[str] = ()
+) -> list[str]:
+    """Copy ``tensors`` into ``net``; raise ``ValueError`` naming every missing, unexpected or mis-shaped tensor.
+
+    Keys under a prefix in ``fresh`` (``"classifier.logits."``: a new head) keep ``net``'s own
+    initialisation and may be absent or any shape in ``tensors``; every other key is strict.
+    Returns the keys left as initialised, sorted.
+    """
     expected = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+    def is_fresh(key: str) -> bool:
+        return any(key.startswith(prefix) for prefix in fresh)
+
+    kept = sorted(k for k in expected if is_fresh(k))
+    expected = {k: v for k, v in expected.items() if not is_fresh(k)}
+    tensors = {k: v for k, v in tensors.items() if not is_fresh(k)}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     mismatched = [
@@ -96,18 +112,44 @@ def load_state_dict_strict(net: MoViNet, tensors: dict[str, torch.Tensor], sourc
             lines.append(f"  wrong shape ({len(mismatched)}): " + "; ".join(mismatched))
         raise ValueError("\n".join(lines))
     net.load_state_dict({**net.state_dict(), **tensors}, strict=True)
+    return kept
+
+
+def _build_from_metadata(meta: dict, num_classes: int, labels: list[str], info_overrides: dict, **mode_overrides) -> MoViNet:
+    # The structural fields follow from the model name; the rest (hard_sigmoid, dropout, ...) is the file's.
+    mode = {k: v for k, v in meta["mode"].items() if k not in ("causal", "conv_type", "se_type", "activation", "gating_activation")}
+    mode.update(mode_overrides)
+    return build_model(meta["model"], num_classes, labels=labels, info_overrides=info_overrides, **mode)
 
 
 def load_model(path: str | Path, **mode_overrides) -> MoViNet:
     """Rebuild a model from a weights file alone."""
     meta = read_metadata(path)
     info = meta["info"]
-    mode = {k: v for k, v in meta["mode"].items() if k not in ("causal", "conv_type", "se_type", "activation", "gating_activation")}
-    mode.update(mode_overrides)
     info_overrides = {k: info[k] for k in ("input_size", "frame_rate", "clip_frames", "eval_min_size", "extra") if k in info}
-    net = build_model(meta["model"], meta["num_classes"], labels=meta["labels"], info_overrides=info_overrides, **mode)
+    net = _build_from_metadata(meta, meta["num_classes"], meta["labels"], info_overrides, **mode_overrides)
     load_state_dict_strict(net, load_file(str(path)), str(path))
     return net.eval()
+
+
+NEW_HEAD = ("classifier.logits.",)  # the classifier's last layer: one row per class
+
+
+def load_backbone(
+    path: str | Path, labels: list[str], info_overrides: dict | None = None, fresh: Sequence[str] = NEW_HEAD
+) -> tuple[MoViNet, list[str]]:
+    """The model of a weights file with a new head for ``labels``: every tensor but ``fresh`` ones from the file.
+
+    The load is strict on everything else (a file of another architecture is refused, naming the
+    tensors). Returns the model (in train mode) and the keys that were re-initialised.
+    """
+    meta = read_metadata(path)
+    info = meta["info"]
+    overrides = {k: info[k] for k in ("input_size", "frame_rate", "clip_frames", "eval_min_size") if k in info}
+    overrides.update(info_overrides or {})
+    net = _build_from_metadata(meta, len(labels), list(labels), overrides)
+    fresh_keys = load_state_dict_strict(net, load_file(str(path)), str(path), fresh=fresh)
+    return net.train(), fresh_keys
 
 
 def bundled_path(name: str, tag: str) -> Path:

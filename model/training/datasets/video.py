@@ -38,6 +38,12 @@ VIDEO_FORMATS: dict[str, VideoFormat] = {
     # Raw YUV 4:2:0 in a y4m file: what Chromium's --use-file-for-fake-video-capture reads.
     ".y4m": VideoFormat("yuv4mpegpipe", {"rawvideo": "rawvideo"}, "rawvideo"),
 }
+# ``fast=True``: the encoders' real-time settings (larger files, several times faster), for
+# generated data sets and tests.
+FAST_OPTIONS: dict[str, dict[str, str]] = {
+    "libx264": {"preset": "veryfast"},
+    "libvpx": {"deadline": "realtime", "cpu-used": "8"},
+}
 
 
 class VideoWriter:
@@ -52,6 +58,7 @@ class VideoWriter:
         codec: str | None = None,
         quality: int | None = None,
         bit_rate: int = 1_500_000,
+        fast: bool = False,
     ) -> None:
         import av  # deferred: training never writes videos
 
@@ -69,6 +76,8 @@ class VideoWriter:
         self.rate = Fraction(fps).limit_denominator(1001)
         self._container = av.open(str(path), mode="w", format=video_format.container)
         options = dict(video_format.options.get(encoder, {}))
+        if fast:
+            options.update(FAST_OPTIONS.get(encoder, {}))
         if quality is not None and "crf" in options:
             options["crf"] = str(quality)
         self._stream = self._container.add_stream(encoder, rate=self.rate, options=options)
@@ -109,6 +118,7 @@ def write_video(
     fps: float,
     codec: str | None = None,
     quality: int | None = None,
+    fast: bool = False,
 ) -> int:
     """Write RGB uint8 frames (an array or any iterable, consumed lazily); returns the frame count."""
     iterator = iter(frames)
@@ -116,7 +126,7 @@ def write_video(
     if first is None:
         raise ValueError("no frames to write")
     height, width = first.shape[:2]
-    with VideoWriter(path, fps, width, height, codec=codec, quality=quality) as writer:
+    with VideoWriter(path, fps, width, height, codec=codec, quality=quality, fast=fast) as writer:
         writer.write(first)
         for frame in iterator:
             writer.write(frame)

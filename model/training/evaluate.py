@@ -1,8 +1,15 @@
-"""Evaluate a motion model: held-out clips, the real video path, and a long continuous video.
+"""Evaluate a motion model (held-out clips, the real video path, a long continuous video), or any
+stream model on a folder of labelled videos.
 
     python -m model.evaluate --weights motion --out docs/eval
+    python -m model.evaluate --data DIR --weights runs/clips/movinet_a0_stream_clips.safetensors
 
-Three measurements, all in stream mode, frame by frame:
+With ``--data DIR`` (``DIR/<class name>/*.mp4 ...``, class names among the model's labels) every
+video is decoded exactly as for training and as the service does (resampled by timestamp,
+fitted: :mod:`model.training.datasets.folder`, with its cache), its centre window of the model's
+``clip_frames`` frames fed one frame at a time, and the report gives top-1/top-5, the recall of
+each class and a confusion matrix (text and PNG). Without, three measurements on the motion data
+set, all in stream mode, frame by frame:
 
 1. ``clips``: held-out clips (other photographs, other seeds) rendered at the model's size;
    top-1/top-5 and a confusion matrix (text and PNG).
@@ -31,9 +38,11 @@ import torch
 from tqdm import tqdm
 
 from .. import create_model
+from ..io.weights import cache_dir, read_metadata, resolve_weights
 from ..movinet import MoViNet
 from ..preprocess import TimestampResampler, fit_frame
 from ..streaming import WindowedStream
+from .datasets.folder import ClipCache, DataError, DecodeSpec, FolderClips, decode_all, scan_folder
 from .datasets.motion import MotionConfig, MotionDataset, iter_sequence, random_segments, segment_frames
 
 CAMERA_SIZE = (320, 240)
@@ -56,10 +65,12 @@ def scores(logits: torch.Tensor, labels: np.ndarray, num_classes: int) -> dict:
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     for truth, guess in zip(labels_t.tolist(), predicted.tolist()):
         confusion[truth, guess] += 1
+    totals = confusion.sum(axis=1)
     return {
         "clips": len(labels),
         "top1": float((predicted == labels_t).float().mean()),
         "top5": float((top5 == labels_t[:, None]).any(dim=1).float().mean()),
+        "recall": [float(confusion[k, k] / totals[k]) if totals[k] else None for k in range(num_classes)],
         "confusion": confusion.tolist(),
     }
 
@@ -202,22 +213,102 @@ def evaluate_long(net: MoViNet, minutes: float, seed: int, window: int | None = 
     }
 
 
+def recall_text(recall: list[float | None], confusion: list[list[int]], classes: list[str]) -> str:
+    width = max(12, *(len(name) for name in classes))
+    lines = [f"{'class':<{width}} {'clips':>6} {'recall':>7}"]
+    for name, value, row in zip(classes, recall, confusion):
+        lines.append(f"{name:<{width}} {sum(row):>6d} " + (f"{value:>7.3f}" if value is not None else f"{'-':>7}"))
+    return "\n".join(lines)
+
+
+def evaluate_folder(net: MoViNet, root: Path, cache: ClipCache, workers: int, max_seconds: float,
+                    batch_size: int = 16) -> tuple[dict, list[str]]:
+    """Top-1/top-5, recall per class and the confusion matrix over a folder; and the lines about skipped files."""
+    info = net.info
+    scan = scan_folder(root, classes=net.labels)
+    spec = DecodeSpec(fps=info.frame_rate, size=info.input_size, short_side=info.eval_min_size,
+                      max_frames=max(info.clip_frames, int(round(max_seconds * info.frame_rate))))
+    report = decode_all(scan.videos, spec, cache, workers=workers, desc="decode")
+    notes = report.lines("data")
+    if scan.ignored:
+        notes.append(f"ignored {len(scan.ignored)} file(s) that are not videos: "
+                     + ", ".join(str(p) for p in scan.ignored[:5]) + (" ..." if len(scan.ignored) > 5 else ""))
+    if not report.kept:
+        raise DataError(f"{root}: none of the {len(scan.videos)} videos could be decoded")
+    clips = FolderClips(report.kept, cache, spec, info.clip_frames, random=False)
+    logits, labels = [], []
+    loader = torch.utils.data.DataLoader(clips, batch_size=batch_size)
+    for batch, target in tqdm(loader, desc="evaluate", file=sys.stderr):
+        logits.append(stream_clips(net, batch.permute(0, 4, 1, 2, 3).float().div_(255.0)))
+        labels.append(target.numpy())
+    result = scores(torch.cat(logits), np.concatenate(labels), net.num_classes)
+    result["videos"] = [str(v.path) for v in report.kept]
+    result["skipped"] = [{"path": str(path), "reason": reason} for path, reason in report.skipped]
+    return result, notes
+
+
+def main_folder(args: argparse.Namespace) -> int:
+    """``--data DIR``: one report over a folder; bad data is one message and exit code 2."""
+    try:
+        name = args.model
+        if name is None:
+            name = read_metadata(args.weights)["model"] if args.weights.endswith(".safetensors") else "movinet_a0_stream"
+        net = create_model(name, weights=str(resolve_weights(name, args.weights))).eval()
+        if not net.causal:
+            raise DataError(f"{name} is not a stream model")
+        root = Path(args.data)
+        out = Path(args.out or Path("runs") / "eval" / root.resolve().name)
+        cache = ClipCache(args.cache_dir or cache_dir() / "clips", int(args.cache_max_gb * 2**30))
+        result, notes = evaluate_folder(net, root, cache, args.workers, args.max_seconds)
+    except (DataError, ValueError) as error:  # ValueError: weights that cannot be found or read
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for line in notes:
+        print(line)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = net.labels
+    title = f"{net.name} on {root.name}: top-1 {result['top1']:.3f}"
+    (out / "confusion.txt").write_text(confusion_text(result["confusion"], labels) + "\n")
+    confusion_png(result["confusion"], labels, title, out / "confusion.png")
+    results = {"model": net.name, "weights": str(args.weights), "data": str(root), "labels": labels,
+               "input_size": net.info.input_size, "frame_rate": net.info.frame_rate,
+               "clip_frames": net.info.clip_frames, **result}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    top_k = min(5, net.num_classes)
+    print(f"top-1 {result['top1']:.4f}  top-{top_k} {result['top5']:.4f}  ({result['clips']} videos, "
+          f"centre {net.info.clip_frames} frames at {net.info.frame_rate:g} fps, stream mode)")
+    print(recall_text(result["recall"], result["confusion"], labels))
+    print(confusion_text(result["confusion"], labels))
+    print(f"wrote {out / 'results.json'}, {out / 'confusion.txt'}, {out / 'confusion.png'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="motion", help="weights tag or .safetensors path")
-    parser.add_argument("--model", default="movinet_a0_stream")
+    parser.add_argument("--model", default=None, help="default movinet_a0_stream, or the --weights file's")
+    parser.add_argument("--data", default=None, help="a folder DIR/<class>/*.mp4 ... to evaluate on, "
+                        "instead of the motion data set")
     parser.add_argument("--clips", type=int, default=500, help="held-out clips at the model's size")
     parser.add_argument("--codec-clips", type=int, default=200, help="clips per codec through encode/decode")
     parser.add_argument("--codecs", default="h264,vp8", help="comma-separated, or empty to skip")
     parser.add_argument("--long-minutes", type=float, default=10.0, help="continuous video length (0 to skip)")
     parser.add_argument("--seed", type=int, default=20_000, help="held-out seeds start here (training uses others)")
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out", default="docs/eval", help="folder for results.json, confusion .txt/.png")
+    parser.add_argument("--out", default=None, help="folder for results.json, confusion .txt/.png "
+                        "(default docs/eval, or runs/eval/<folder name> with --data)")
+    folder = parser.add_argument_group("a folder of videos (--data DIR)")
+    folder.add_argument("--cache-dir", default=None, help="decoded clips (default ~/.cache/movinet/clips)")
+    folder.add_argument("--cache-max-gb", type=float, default=10.0, help="cap of the clip cache")
+    folder.add_argument("--max-seconds", type=float, default=30.0, help="decode at most this much of each video")
+    folder.add_argument("--workers", type=int, default=2, help="decoding processes")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    net = create_model(args.model, weights=args.weights).eval()
-    out = Path(args.out)
+    if args.data is not None:
+        return main_folder(args)
+    net = create_model(args.model or "movinet_a0_stream", weights=args.weights).eval()
+    out = Path(args.out or "docs/eval")
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"model": net.name, "weights": str(args.weights), "input_size": net.info.input_size,
                      "frame_rate": net.info.frame_rate, "clip_frames": net.info.clip_frames}

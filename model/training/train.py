@@ -2,6 +2,9 @@
 
     python -m model.train --data motion --model movinet_a0_stream --out runs/motion
 
+(``--data DIR``, a folder of labelled videos, goes to :mod:`.finetune`; this module owns the
+command line of both and the motion recipe.)
+
 Defaults are chosen to train on 2 CPU cores in well under an hour (see docs/training.md): 64x64
 frames, 5 fps (the official A0 rate; the service's clients send 5 fps), clips of 10 frames (2 s).
 The loss is taken on the per-frame outputs of every prefix of at least ``--min-frames`` frames,
@@ -30,12 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..io.weights import save_weights
 from ..registry import build_model
+from . import finetune
 from .datasets.motion import CLASSES, MotionConfig, MotionDataset
+from .recipe import prefix_loss, to_video, warmup_cosine
 
 # Opposites for label-aware augmentation (names from CLASSES).
 MIRROR = {"pan left": "pan right", "rotate clockwise": "rotate counter-clockwise"}
@@ -112,32 +116,6 @@ def render_cache(config, num_clips: int, seed: int, path: Path, workers: int) ->
     return np.load(path, mmap_mode="r"), labels
 
 
-def to_video(clips: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 ``[B, T, H, W, 3]`` -> float ``[B, 3, T, H, W]`` in [0, 1]."""
-    return clips.to(device).permute(0, 4, 1, 2, 3).float().div_(255.0)
-
-
-def warmup_cosine(total_steps: int, warmup_fraction: float = 0.1, floor: float = 0.02):
-    """LR factor per step: linear warm-up, then cosine decay. A function of the step alone, so a
-    resumed run with more epochs simply continues on the longer schedule."""
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return max(floor, 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-    return factor
-
-
-def prefix_loss(logits: torch.Tensor, labels: torch.Tensor, min_frames: int, smoothing: float) -> torch.Tensor:
-    """Cross-entropy of the per-frame outputs ``[B, T, K]`` of every prefix of >= ``min_frames`` frames."""
-    useful = logits[:, min_frames - 1 :]
-    repeated = labels[:, None].expand(-1, useful.shape[1])
-    return F.cross_entropy(useful.reshape(-1, useful.shape[-1]), repeated.reshape(-1), label_smoothing=smoothing)
-
-
 @torch.no_grad()
 def evaluate_clips(net, clips: np.ndarray, labels: np.ndarray, device, batch_size: int = 32) -> float:
     net.eval()
@@ -149,40 +127,96 @@ def evaluate_clips(net, clips: np.ndarray, labels: np.ndarray, device, batch_siz
     return float(correct) / len(clips)
 
 
+# The bundled motion recipe's settings where the two recipes differ (docs/training.md); a folder
+# run takes its size, frame rate and clip length from the --init weights.
+MOTION_DEFAULTS = {"model": "movinet_a0_stream", "out": "runs/motion", "size": 64, "fps": 5.0, "frames": 10,
+                   "min_frames": 5, "lr": 3e-3, "batch_size": 16}
+FOLDER_DEFAULTS = {"lr": 1e-3, "batch_size": 8}
+FOLDER_ONLY = ("train", "val", "init", "no_flip", "cache_dir")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="motion", choices=("motion",), help="training data set")
-    parser.add_argument("--model", default="movinet_a0_stream", help="a stream model from model.list_models()")
-    parser.add_argument("--out", default="runs/motion", help="run folder (checkpoints, caches, final weights)")
-    parser.add_argument("--weights-out", help="final safetensors path (default OUT/<model>_motion.safetensors)")
-    parser.add_argument("--size", type=int, default=64, help="frame size (square)")
-    parser.add_argument("--fps", type=float, default=5.0, help="model frame rate")
-    parser.add_argument("--frames", type=int, default=10, help="frames per training clip (= the service window)")
-    parser.add_argument("--min-frames", type=int, default=5, help="loss on prefixes at least this long")
-    parser.add_argument("--clips", type=int, default=3000, help="distinct training clips (rendered once)")
-    parser.add_argument("--val-clips", type=int, default=200, help="held-out clips checked every epoch")
+    parser = argparse.ArgumentParser(
+        prog="python -m model.train",
+        description="Train a MoViNet stream model on the generated motion data set (--data motion) or "
+                    "fine-tune one on a folder of labelled videos (--data DIR, DIR/<class name>/*.mp4 ...).",
+        epilog="Folders: see model/training/finetune.py and docs/training.md. Bad data exits with code 2 "
+               "and one message.")
+    parser.add_argument("--data", default=None,
+                        help="'motion' (the bundled recipe, the default) or a folder DIR/<class>/*.{mp4,webm,mkv,avi,mov}")
+    parser.add_argument("--model", default=None,
+                        help="a stream model from model.list_models() (default movinet_a0_stream, or the --init file's)")
+    parser.add_argument("--out", default=None, help="run folder (checkpoints, caches, final weights; "
+                        "default runs/motion or runs/<folder name>)")
+    parser.add_argument("--weights-out", help="final safetensors path (default OUT/<model>_<data>.safetensors)")
+    parser.add_argument("--size", type=int, default=None, help="frame size, square (motion: 64; folder: the init model's)")
+    parser.add_argument("--fps", type=float, default=None, help="model frame rate (motion: 5; folder: the init model's)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames per training clip = the service window (motion: 10; folder: the init model's)")
+    parser.add_argument("--min-frames", type=int, default=None,
+                        help="loss on prefixes at least this long (motion: 5; folder: half of --frames)")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-size", type=int, default=None, help="clips per step (motion: 16; folder: 8)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (motion: 3e-3; folder: 1e-3)")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--label-smoothing", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rezero-init", type=float, default=1.0,
-                        help="initial ReZero scale of every block (TF uses 0; from scratch on a CPU budget, "
-                             "0 leaves the residual branches without gradient for the first epoch)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast; on CUDA, fp16 with a grad scaler)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
-    parser.add_argument("--workers", type=int, default=2, help="processes rendering the data set")
+    parser.add_argument("--workers", type=int, default=2, help="processes rendering (motion) or decoding (folder) the data")
     parser.add_argument("--bn-momentum", type=float, default=0.1, help="BatchNorm momentum while training")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--export", action="store_true", help="only write the weights file from OUT/last.pt")
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
-    return parser.parse_args(argv)
+    motion = parser.add_argument_group("the motion data set (--data motion)")
+    motion.add_argument("--clips", type=int, default=3000, help="distinct training clips (rendered once)")
+    motion.add_argument("--val-clips", type=int, default=200, help="held-out clips checked every epoch")
+    motion.add_argument("--rezero-init", type=float, default=1.0,
+                        help="initial ReZero scale of every block (TF uses 0; from scratch on a CPU budget, "
+                             "0 leaves the residual branches without gradient for the first epoch)")
+    folder = parser.add_argument_group("a folder of videos (--data DIR, or --train DIR [--val DIR])")
+    folder.add_argument("--train", default=None, help="training folder DIR/<class>/*.mp4 ... (same as --data DIR)")
+    folder.add_argument("--val", default=None, help="validation folder with the same class names "
+                        "(default: a fixed, seeded split of --val-fraction of each class)")
+    folder.add_argument("--val-fraction", type=float, default=0.2,
+                        help="fraction of each class held out without --val (at least one clip per class)")
+    folder.add_argument("--init", default=None, help="backbone weights: motion | kinetics600 | PATH.safetensors "
+                        "(default motion for movinet_a0_stream, else kinetics600); the head is new")
+    folder.add_argument("--freeze-epochs", type=int, default=0, help="train only the classifier for the first N epochs")
+    folder.add_argument("--no-flip", action="store_true",
+                        help="no horizontal flips (for classes a mirror swaps, such as left/right)")
+    folder.add_argument("--jitter", type=float, default=0.25, help="colour jitter: brightness, contrast, saturation +-")
+    folder.add_argument("--max-seconds", type=float, default=30.0, help="decode at most this much of each video")
+    folder.add_argument("--cache-dir", default=None,
+                        help="decoded clips (default $MOVINET_CACHE_DIR/clips or ~/.cache/movinet/clips)")
+    folder.add_argument("--cache-max-gb", type=float, default=10.0,
+                        help="cap of the clip cache; least recently used clips are evicted beyond it")
+    args = parser.parse_args(argv)
+    if args.data is not None and args.train is not None:
+        parser.error("give the training folder once: --data DIR or --train DIR")
+    args.folder = args.train is not None or args.data not in (None, "motion")
+    if args.folder:
+        if args.data is None and args.train is None:
+            parser.error("--val needs a training folder (--data DIR or --train DIR)")
+        for name, value in FOLDER_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    else:
+        used = [f"--{name.replace('_', '-')}" for name in FOLDER_ONLY if getattr(args, name)]
+        if used:
+            parser.error(f"{', '.join(used)} only apply to a folder of videos (--data DIR)")
+        args.data = "motion"
+        for name, value in MOTION_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.folder:
+        return finetune.run(args, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.min_frames > args.frames:

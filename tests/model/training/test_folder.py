@@ -57,6 +57,7 @@ def run_train(args: list[str], capsys) -> tuple[int, str]:
 # ----------------------------------------------------------------------------- the whole path
 
 
+@pytest.mark.slow  # about 3 minutes on 2 loaded cores: two short epochs of A0 at 64 px, then an evaluation
 def test_fine_tune_from_motion_resume_export_serve_and_evaluate(folders, tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--train", str(folders["train"]), "--val", str(folders["val"]), "--out", str(out),

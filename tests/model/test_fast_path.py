@@ -1,0 +1,152 @@
+"""Every path ``model.optimize.for_streaming`` can pick equals the eager model, frame by frame."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import model
+from model.optimize import TOLERANCE, FrameGraph, StreamStep, for_streaming
+from tests.model.helpers import randomized
+
+FRAMES = 20
+
+
+def staggered_state(net: model.MoViNet, batch: int, height: int, width: int, seed: int) -> model.State:
+    """``batch`` sessions that have seen 0, 3, 6, ... frames (different stream positions)."""
+    generator = torch.Generator().manual_seed(seed)
+    states = []
+    with torch.no_grad():
+        for index in range(batch):
+            state = net.init_state(1, height, width)
+            for _ in range(3 * index):
+                _, state = net(torch.rand(1, 3, 1, height, width, generator=generator), state)
+            states.append(state)
+    return model.stack_states(states)
+
+
+def max_logit_difference(step, net: model.MoViNet, batch: int, height: int, width: int, seed: int = 0) -> float:
+    """Largest |logit difference| over FRAMES frames between ``step`` and the eager ``net``."""
+    reference = staggered_state(net, batch, height, width, seed)
+    candidate = {key: value.clone() for key, value in reference.items()}
+    generator = torch.Generator().manual_seed(seed + 1)
+    worst = 0.0
+    with torch.no_grad():
+        for _ in range(FRAMES):
+            frames = torch.rand(batch, 3, 1, height, width, generator=generator)
+            want, reference = net(frames, reference)
+            got, candidate = step(frames, candidate)
+            assert got.shape == want.shape and got.dtype == torch.float32
+            worst = max(worst, (got - want).abs().max().item())
+    assert candidate.keys() == reference.keys()
+    for key, value in reference.items():
+        assert candidate[key].shape == value.shape, key
+    return worst
+
+
+@pytest.fixture(scope="module")
+def net() -> model.MoViNet:
+    # positional encoding on, so the A3-A5 stream path (pos_enc_frame_count) is covered too
+    return randomized("movinet_test_stream", use_positional_encoding=True)
+
+
+@pytest.mark.parametrize("backend", ["graph", "trace", "eager"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_every_eager_path_equals_the_model(net, backend, batch):
+    step = for_streaming(net, precision="fp32", backend=backend, height=32, width=32, compile="off")
+    assert step.backend == backend and step.precision == "fp32"
+    assert max_logit_difference(step, net, batch, 32, 32) <= TOLERANCE["fp32"] == 1e-4
+
+
+@pytest.mark.parametrize("size", [(33, 30), (17, 17)])
+def test_frame_graph_handles_odd_sizes_and_tf_padding(net, size):
+    """Odd and even sizes give TF SAME pads at the start, at the end or both."""
+    graph = FrameGraph(net, *size).eval()
+    assert max_logit_difference(graph, net, 3, *size) <= 1e-4
+
+
+def test_frame_graph_at_a0_depth():
+    """The real A0 layout (every stage, 5-frame temporal kernels), at a small frame size."""
+    a0 = randomized("movinet_a0_stream", num_classes=11)
+    graph = FrameGraph(a0, 48, 48).eval()
+    assert max_logit_difference(graph, a0, 3, 48, 48) <= 1e-4
+
+
+def test_bf16_graph_is_within_its_tolerance(net):
+    step = for_streaming(net, precision="bf16", backend="graph", height=32, width=32, compile="off")
+    assert step.precision == "bf16"
+    state = step.init_state(2)
+    assert all(state[key].dtype == torch.bfloat16 for key in state if key.endswith("stream_buffer"))
+    assert state["state_head_pool_buffer"].dtype == torch.float32  # running sums stay float32
+    assert max_logit_difference(step, net, 3, 32, 32) <= TOLERANCE["bf16"]
+
+
+@pytest.mark.slow
+def test_compiled_path_equals_the_model_in_chunks(net):
+    """Static graphs for batch 1 and 2; a batch of 3 runs as 2 + 1."""
+    pytest.importorskip("torch._inductor")
+    step = for_streaming(net, precision="fp32", backend="compiled", height=32, width=32,
+                         compile="now", batch_sizes=(1, 2))
+    if step.compile_error:
+        pytest.skip(f"no working compiler here: {step.compile_error}")
+    assert step.backend == "compiled" and step.compiled_batch_sizes == (1, 2)
+    for batch in (1, 3):
+        assert max_logit_difference(step, net, batch, 32, 32) <= 1e-4, batch
+    assert all(check.passed for check in step.checks)
+
+
+def test_a_path_that_disagrees_gives_way_with_a_warning(net, monkeypatch, caplog):
+    original = FrameGraph.forward
+
+    def off_by_a_little(self, frames, state):
+        logits, new_state = original(self, frames, state)
+        return logits + 1e-3, new_state
+
+    monkeypatch.setattr(FrameGraph, "forward", off_by_a_little)
+    with caplog.at_level(logging.WARNING, logger="model.optimize"):
+        step = for_streaming(net, precision="fp32", height=32, width=32, compile="off")
+    assert step.backend == "trace"
+    assert "graph path" in caplog.text and "differs from the reference" in caplog.text
+    graph_check = step.describe()["checks"][0]
+    assert graph_check["backend"] == "graph" and not graph_check["passed"]
+
+
+def test_step_accepts_model_states_and_leaves_them_alone(net):
+    step = for_streaming(net, precision="fp32", backend="graph", height=32, width=32, compile="off")
+    state = net.init_state(2, 32, 32)  # contiguous float32, as stack_states / state_from_bytes give
+    before = {key: value.clone() for key, value in state.items()}
+    frames = torch.rand(2, 3, 1, 32, 32)
+    logits, new_state = step(frames, state)
+    for key, value in state.items():
+        assert torch.equal(value, before[key]), key
+    want, _ = net(frames, state)
+    assert torch.allclose(logits, want, atol=1e-5)
+    fresh, _ = step(frames, None)
+    assert torch.allclose(fresh, logits, atol=1e-6)
+    # the step's states go through the usual helpers: split, stack, bytes
+    parts = model.split_states(new_state)
+    restored = model.state_from_bytes(model.state_to_bytes(model.stack_states(parts)))
+    again, _ = step(frames, restored)
+    reference, _ = net(frames, {key: value.contiguous() for key, value in new_state.items()})
+    assert torch.allclose(again, reference, atol=1e-5)
+
+
+def test_describe_says_what_runs(net):
+    step = for_streaming(net, precision="fp32", height=32, width=32, compile="off")
+    assert isinstance(step, StreamStep)
+    info = step.describe()
+    assert info["backend"] == "graph" and info["precision"] == "fp32"
+    assert info["checks"][0]["passed"] and info["checks"][0]["max_abs_diff"] <= 1e-4
+    with pytest.raises(ValueError, match="built for 32x32"):
+        step(torch.rand(1, 3, 1, 16, 16), None)
+
+
+def test_bad_arguments_are_value_errors(net):
+    with pytest.raises(ValueError, match="backend"):
+        for_streaming(net, backend="tensorrt", height=32, width=32)
+    with pytest.raises(ValueError, match="precision"):
+        for_streaming(net, precision="fp16", height=32, width=32)
+    with pytest.raises(ValueError, match="stream"):
+        for_streaming(randomized("movinet_test_base"), height=32, width=32)

@@ -118,14 +118,23 @@ class StateBank:
         if reset:
             self._reset(reset)
         device = frames.device
-        index = torch.tensor(rows, device=device)
-        batch = {k: v.index_select(0, index) for k, v in self.state.items()}
+        first = rows[0]
+        dense = rows == list(range(first, first + len(rows)))  # the usual case: sessions in row order
+        if dense:  # views in, one copy out (as cheap as stacking the states was)
+            batch = {k: v[first : first + len(rows)] for k, v in self.state.items()}
+        else:
+            index = torch.tensor(rows, device=device)
+            batch = {k: v.index_select(0, index) for k, v in self.state.items()}
         video = frames if picks == list(range(len(streams))) else frames[torch.tensor(picks, device=device)]
         logits, new = forward(video, batch)
         if not torch.isfinite(logits).all():
             raise FloatingPointError("non-finite scores")
         for key, value in self.state.items():
-            value.index_copy_(0, index, new[key].to(value.device, value.dtype))
+            fresh = new[key].to(value.device, value.dtype)
+            if dense:
+                value[first : first + len(rows)].copy_(fresh)
+            else:
+                value.index_copy_(0, index, fresh)
         for stream, after in zip(streams, counts, strict=True):
             stream.counts = after
             stream.frames_seen += 1

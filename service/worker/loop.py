@@ -27,13 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from service.logs import kv
 from service.metrics import Metrics
@@ -41,34 +37,13 @@ from service.registry import ModelRegistry
 from service.settings import Settings
 from service.store import Frame, Lease, Result, StaleLease, Store, WorkerLoad
 from service.worker.events import EventDetector
+from service.worker.held import Held, default_worker_id
 from service.worker.runner import Runner, SessionState, Step
 from service.worker.webhooks import WebhookSender
 
 log = logging.getLogger("service.worker")
 
 REPLAY_CHUNK = 8  # frames replayed between two renewals of the lease
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-@dataclass
-class Held:
-    """A session this worker holds a lease on: its model state and where it stands."""
-
-    state: SessionState
-    lease: Lease
-    cursor: int = 0  # seq of the last frame whose result is committed (the state matches it when fed == cursor)
-    fed: int = 0  # seq of the last frame fed to the model
-    since_checkpoint: int = 0
-    backlog: int = 0  # frames waiting after the last commit
-    webhook_url: str | None = None  # the session's events also go here
-    last_frame_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def session_id(self) -> str:
-        return self.state.session_id
 
 
 class InferenceLoop:

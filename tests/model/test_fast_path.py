@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import model
-from model.optimize import TOLERANCE, FrameGraph, StreamStep, for_streaming
+from model.optimize import TOLERANCE, FrameGraph, StreamStep, _split_batch, for_streaming, tolerance
 from tests.model.helpers import randomized
 
 FRAMES = 20
@@ -80,7 +80,8 @@ def test_bf16_graph_is_within_its_tolerance(net):
     state = step.init_state(2)
     assert all(state[key].dtype == torch.bfloat16 for key in state if key.endswith("stream_buffer"))
     assert state["state_head_pool_buffer"].dtype == torch.float32  # running sums stay float32
-    assert max_logit_difference(step, net, 3, 32, 32) <= TOLERANCE["bf16"]
+    # random weights give logits well under 1, so the bound is TOLERANCE["bf16"] itself
+    assert max_logit_difference(step, net, 3, 32, 32) <= tolerance("bf16", 0.5) == TOLERANCE["bf16"]
 
 
 @pytest.mark.slow
@@ -95,6 +96,19 @@ def test_compiled_path_equals_the_model_in_chunks(net):
     for batch in (1, 3):
         assert max_logit_difference(step, net, batch, 32, 32) <= 1e-4, batch
     assert all(check.passed for check in step.checks)
+    # frames in another layout miss the graph's guards: that call runs eagerly, never recompiles
+    frames = torch.rand(1, 3, 1, 32, 32).transpose(-1, -2)
+    state = step.init_state(1)
+    want, _ = net(frames, net.init_state(1, 32, 32))
+    got, _ = step(frames, state)
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_batches_split_into_compiled_sizes():
+    assert _split_batch(64, (1, 8)) == [8] * 8
+    assert _split_batch(13, (1, 8)) == [8, 5]  # a rest of 5 runs on the eager graph, not 5 x batch 1
+    assert _split_batch(17, (1, 8)) == [8, 8, 1]
+    assert _split_batch(5, (1,)) == [5]
 
 
 def test_a_path_that_disagrees_gives_way_with_a_warning(net, monkeypatch, caplog):

@@ -1,5 +1,4 @@
-"""Evaluate a motion model (held-out clips, the real video path, a long continuous video), or any
-stream model on a folder of labelled videos.
+"""Evaluate a stream model on the motion data set or on a folder of labelled videos.
 
     python -m model.evaluate --weights motion --out docs/eval
     python -m model.evaluate --data DIR --weights runs/clips/movinet_a0_stream_clips.safetensors

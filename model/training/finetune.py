@@ -148,12 +148,12 @@ def load_split(args: argparse.Namespace) -> tuple[FolderScan, list[Video], list[
             train, val = split_folder(scan, args.val_fraction, args.seed)
             return scan, train, val, f"{args.val_fraction:.0%} of each class held out (seed {args.seed})"
         held = scan_folder(args.val, classes=scan.classes)
-        scan.ignored.extend(held.ignored)
+        scan.ignored.extend(p for p in held.ignored if p not in scan.ignored)
         return scan, scan.videos, held.videos, f"validation folder {args.val}"
     scan = scan_folder(args.data)
     if args.val:
         held = scan_folder(args.val, classes=scan.classes)
-        scan.ignored.extend(held.ignored)
+        scan.ignored.extend(p for p in held.ignored if p not in scan.ignored)
         return scan, scan.videos, held.videos, f"validation folder {args.val}"
     train, val = split_folder(scan, args.val_fraction, args.seed)
     return scan, train, val, f"{args.val_fraction:.0%} of each class held out, at least one (seed {args.seed})"

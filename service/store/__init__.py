@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from service.options import DropPolicy, SessionOptions
 from service.store.records import (
     Appended,
+    ClientSessionsFull,
     Frame,
     Lease,
     Result,
@@ -33,7 +34,7 @@ from service.store.records import (
     WorkerLoad,
 )
 
-__all__ = ["STORE_ERRORS", "Appended", "DropPolicy", "Frame", "Lease", "Result", "ResultLog", "SessionOptions",
+__all__ = ["STORE_ERRORS", "Appended", "ClientSessionsFull", "DropPolicy", "Frame", "Lease", "Result", "ResultLog", "SessionOptions",
            "SessionRecord", "SessionStore", "SessionsFull", "StaleLease", "Store", "StreamLog", "WorkerLoad",
            "create_store"]
 
@@ -46,9 +47,12 @@ except ImportError:  # pragma: no cover - redis is a dependency of the service
 
 
 class SessionStore(Protocol):
-    async def create(self, record: SessionRecord, max_sessions: int | None = None) -> None:
-        """Store a new record; raises ``KeyError`` if it exists and :class:`SessionsFull` when
-        ``max_sessions`` are held already (checked and written in one atomic step)."""
+    async def create(self, record: SessionRecord, max_sessions: int | None = None,
+                     max_per_client: int | None = None) -> None:
+        """Store a new record; raises ``KeyError`` if it exists, :class:`SessionsFull` when
+        ``max_sessions`` are held already and :class:`ClientSessionsFull` when the record's
+        ``client`` holds ``max_per_client`` (checked and written in one atomic step). A deleted
+        session gives its place back."""
         ...
     async def get(self, session_id: str) -> SessionRecord | None: ...
     async def list(self, cursor: str | None, limit: int) -> tuple[list[SessionRecord], str | None]:

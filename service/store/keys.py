@@ -43,5 +43,9 @@ def producer(session_id: str) -> str:
     return f"{PREFIX}:{{{session_id}}}:producer"  # string with TTL: the socket that sends the frames
 
 
+def client_sessions(client: str) -> str:
+    return f"{PREFIX}:client:{{{client}}}:sessions"  # set: the live sessions one client created (its quota)
+
+
 def worker(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"  # string with TTL: the worker is alive (its heartbeat)

@@ -16,6 +16,7 @@ from typing import Any
 
 from service.store import (
     Appended,
+    ClientSessionsFull,
     Frame,
     Lease,
     Result,
@@ -32,11 +33,16 @@ class MemorySessionStore:
         self._records: OrderedDict[str, SessionRecord] = OrderedDict()  # creation order
         self._producers: dict[str, tuple[str, float]] = {}  # session -> (owner, expires, monotonic s)
 
-    async def create(self, record: SessionRecord, max_sessions: int | None = None) -> None:
+    async def create(self, record: SessionRecord, max_sessions: int | None = None,
+                     max_per_client: int | None = None) -> None:
         if record.session_id in self._records:
             raise KeyError(f"session {record.session_id} exists")
         if max_sessions is not None and len(self._records) >= max_sessions:
             raise SessionsFull(f"{len(self._records)} sessions")
+        if record.client and max_per_client:
+            held = sum(r.client == record.client for r in self._records.values())
+            if held >= max_per_client:
+                raise ClientSessionsFull(f"the client holds {held} sessions")
         self._records[record.session_id] = dataclasses.replace(record, extra=dict(record.extra))
 
     async def get(self, session_id: str) -> SessionRecord | None:

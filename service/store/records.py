@@ -25,6 +25,7 @@ class SessionRecord:
     frames_dropped: int = 0  # all reasons: backpressure, too large, decode errors
     next_frame_index: int = 0  # first model-frame index of the next input stream
     unused_timeout_s: float = 0.0  # a session that never got a frame expires this long after creation (0: off)
+    client: str = ""  # who created it (an API key's hash or an address): its quota; "" = none
     extra: dict[str, Any] = field(default_factory=dict)  # secret: never returned nor logged
 
     @property
@@ -86,6 +87,10 @@ class StaleLease(Exception):
 
 class SessionsFull(Exception):
     """``SessionStore.create`` refused: the store holds its maximum of sessions."""
+
+
+class ClientSessionsFull(SessionsFull):
+    """``SessionStore.create`` refused: the record's client holds its maximum of sessions."""
 
 
 @dataclass

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
-# KEYS: session, sessions (zset), expiry (zset). ARGV: session_id, max_sessions (0: no limit),
-# created_at, expires_at, field, value, ... Creates the record unless it exists or the store is full;
-# returns 1, 0 (exists) or -1 (full).
+# KEYS: session, sessions (zset), expiry (zset), the client's sessions (set). ARGV: session_id,
+# max_sessions (0: no limit), created_at, expires_at, max_per_client (0: no limit; -1: the record
+# has no client, nothing is counted), field, value, ...
+# Creates the record unless it exists or the store or the client is full; returns 1, 0 (exists),
+# -1 (full) or -2 (the client holds its maximum).
 CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local limit = tonumber(ARGV[2])
 if limit > 0 and redis.call('ZCARD', KEYS[2]) >= limit then return -1 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+local per_client = tonumber(ARGV[5])
+if per_client > 0 and redis.call('SCARD', KEYS[4]) >= per_client then return -2 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+if per_client >= 0 then redis.call('SADD', KEYS[4], ARGV[1]) end
 return 1
 """
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from service.store import SessionRecord, SessionsFull, keys
+from service.store import ClientSessionsFull, SessionRecord, SessionsFull, keys
 from service.store.redis_codec import (
     _INT_FIELDS,
     _RECORD_FIELDS,
@@ -26,18 +26,39 @@ class RedisSessionStore:
         self._r = client
         self._s = scripts
 
-    async def create(self, record: SessionRecord, max_sessions: int | None = None) -> None:
+    async def create(self, record: SessionRecord, max_sessions: int | None = None,
+                     max_per_client: int | None = None) -> None:
         sid = record.session_id
-        values: list[Any] = [sid, max_sessions or 0, repr(record.created_at), repr(record.expires_at)]
+        per_client = (max_per_client or 0) if record.client else -1
+        values: list[Any] = [sid, max_sessions or 0, repr(record.created_at), repr(record.expires_at), per_client]
         for f in dataclasses.fields(SessionRecord):
             values += [f.name, encode_field(f.name, getattr(record, f.name))]
         values += ["last_seq", "0", "processed_seq", "0", "fence", "0"]
-        created = await self._s.create(keys=[keys.session(sid), keys.SESSIONS_BY_CREATION, keys.EXPIRY], args=values)
+        script_keys = [keys.session(sid), keys.SESSIONS_BY_CREATION, keys.EXPIRY, keys.client_sessions(record.client)]
+        created = await self._s.create(keys=script_keys, args=values)
+        if created == -2 and await self._forget_gone(record.client):
+            created = await self._s.create(keys=script_keys, args=values)  # places of expired sessions freed
         if created == 0:
             raise KeyError(f"session {sid} exists")
+        if created == -2:
+            raise ClientSessionsFull(f"the client holds {max_per_client} sessions")
         if created < 0:
             raise SessionsFull(f"the store holds {max_sessions} sessions")
         await self.touch(sid, record.last_active_at)
+
+    async def _forget_gone(self, client: str) -> int:
+        """Drop from the client's set the sessions whose record is gone without a delete (its keys
+        expired with no reaper left); how many. A session id is never reused, so this cannot race
+        with a create."""
+        members = [m.decode() for m in await self._r.smembers(keys.client_sessions(client))]
+        async with self._r.pipeline(transaction=False) as pipe:
+            for session_id in members:
+                pipe.exists(keys.session(session_id))
+            alive = await pipe.execute()
+        gone = [session_id for session_id, exists in zip(members, alive, strict=True) if not exists]
+        if gone:
+            await self._r.srem(keys.client_sessions(client), *gone)
+        return len(gone)
 
     async def get(self, session_id: str) -> SessionRecord | None:
         return decode_record(await self._r.hgetall(keys.session(session_id)))
@@ -78,11 +99,14 @@ class RedisSessionStore:
         return int(await self._r.zcard(keys.SESSIONS_BY_CREATION))
 
     async def delete(self, session_id: str) -> bool:
+        client = await self._r.hget(keys.session(session_id), "client")
         async with self._r.pipeline(transaction=False) as pipe:
             pipe.delete(*session_keys(session_id))
             pipe.zrem(keys.SESSIONS_BY_CREATION, session_id)
             pipe.zrem(keys.EXPIRY, session_id)
             pipe.zrem(keys.READY, session_id)
+            if client:  # its quota back
+                pipe.srem(keys.client_sessions(client.decode()), session_id)
             deleted, *_ = await pipe.execute()
         return bool(deleted)
 

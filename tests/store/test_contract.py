@@ -4,12 +4,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
 
 from service.options import SessionOptions, WindowOptions
-from service.store import Frame, Lease, Result, SessionRecord, SessionsFull, StaleLease, Store
+from service.store import (
+    ClientSessionsFull,
+    Frame,
+    Lease,
+    Result,
+    SessionRecord,
+    SessionsFull,
+    StaleLease,
+    Store,
+    keys,
+)
 from service.store.memory import memory_store
 from service.store.redis import redis_store
 
@@ -312,6 +323,49 @@ async def test_create_admits_exactly_the_limit_under_concurrency(make_store):
     assert sum(o is None for o in outcomes) == 8
     assert all(isinstance(o, SessionsFull) for o in outcomes if o is not None)
     assert await store.sessions.count() == 8
+    await store.close()
+
+
+async def test_create_admits_exactly_the_client_quota_and_a_delete_gives_it_back(make_store):
+    store = make_store()
+
+    def of(session_id: str, client: str) -> SessionRecord:
+        return dataclasses.replace(record(session_id), client=client)
+
+    outcomes = await asyncio.gather(*(store.sessions.create(of(f"a{i}", "addr:10.0.0.1"), max_sessions=100,
+                                                            max_per_client=3) for i in range(12)),
+                                    return_exceptions=True)
+    assert sum(o is None for o in outcomes) == 3
+    assert all(isinstance(o, ClientSessionsFull) for o in outcomes if o is not None)
+    # Another client, and sessions with no client, are not counted against it.
+    await store.sessions.create(of("b0", "key:0123"), max_per_client=3)
+    await store.sessions.create(of("n0", ""), max_per_client=3)
+    admitted = [f"a{i}" for i, o in enumerate(outcomes) if o is None]
+    assert await store.delete_session(admitted[0])  # deleted (or reaped): its place is free again
+    await store.sessions.create(of("a-new", "addr:10.0.0.1"), max_per_client=3)
+    with pytest.raises(ClientSessionsFull):
+        await store.sessions.create(of("a-more", "addr:10.0.0.1"), max_per_client=3)
+    assert await store.sessions.count() == 5
+    for session_id in [*admitted[1:], "a-new", "b0", "n0"]:
+        await store.delete_session(session_id)
+    assert await store.sessions.count() == 0
+    await store.close()
+
+
+async def test_client_quota_in_redis_is_a_set_that_empties_and_forgets_expired_records(redis_server):
+    redis_server.flush()
+    store = redis_store(redis_server.url, results_cap=10)
+    client = store.client
+    one = dataclasses.replace(record("x1"), client="addr:10.0.0.2")
+    await store.sessions.create(one, max_per_client=2)
+    await store.sessions.create(dataclasses.replace(one, session_id="x2"), max_per_client=2)
+    assert await client.smembers(keys.client_sessions("addr:10.0.0.2")) == {b"x1", b"x2"}
+    await client.delete(keys.session("x1"))  # its keys expired with no reaper left: not deleted
+    await store.sessions.create(dataclasses.replace(one, session_id="x3"), max_per_client=2)
+    assert await client.smembers(keys.client_sessions("addr:10.0.0.2")) == {b"x2", b"x3"}
+    for session_id in ("x1", "x2", "x3"):
+        await store.delete_session(session_id)
+    assert not await client.exists(keys.client_sessions("addr:10.0.0.2"))  # nothing left behind
     await store.close()
 
 

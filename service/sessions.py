@@ -32,7 +32,7 @@ from service.settings import Settings
 from service.sources.ingest import FrameSink
 from service.sources.rtsp import RtspPuller
 from service.sources.urls import RtspUrl, check_source, check_webhook
-from service.store import STORE_ERRORS, SessionRecord, SessionsFull, Store
+from service.store import STORE_ERRORS, ClientSessionsFull, SessionRecord, SessionsFull, Store
 
 if TYPE_CHECKING:
     from service.sources.webrtc import WebRtcPeer
@@ -173,9 +173,15 @@ class SessionService:
             weights=loaded.weights, options=options, created_at=now, idle_timeout_s=idle_timeout,
             last_active_at=now, extra=extra,
             unused_timeout_s=0.0 if camera is not None else self.settings.unused_session_timeout_s,
+            client=client or "",
         )
         try:
-            await self.store.sessions.create(record, max_sessions=self.settings.max_sessions)
+            await self.store.sessions.create(record, max_sessions=self.settings.max_sessions,
+                                             max_per_client=self.settings.max_sessions_per_client or None)
+        except ClientSessionsFull:
+            raise ApiError(429, "too_many_client_sessions", "this client holds its maximum of "
+                           f"{self.settings.max_sessions_per_client} sessions; delete one or retry later",
+                           headers={"Retry-After": "5"}) from None
         except SessionsFull:
             raise self._full() from None
         if camera is not None:

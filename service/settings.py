@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     admission_max_lag_s: float = Field(
         1.0, gt=0, description="New sessions get 503 + Retry-After while frames wait longer than this for "
         "inference on every worker (or every worker holds its maximum): admitted sessions keep their latency.")
+    max_sessions_per_client: int = Field(
+        64, ge=0, description="Live sessions one client (API key, else address) may hold at once, across "
+        "gateways; beyond it 429 + Retry-After until one of them is deleted or expires. 0: no limit.")
     create_rate_per_min: float = Field(600.0, gt=0, description="POST /sessions per minute per client (API "
                                        "key, else address), on each gateway.")
     create_burst: int = Field(200, ge=1, description="POST /sessions a client may make at once (a camera "

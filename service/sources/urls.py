@@ -4,8 +4,10 @@ Only ``rtsp://`` and ``rtsps://``; FFmpeg gets a protocol whitelist (no ``file:`
 other protocol reachable through the URL or a redirect) and the forced ``rtsp`` demuxer; the host
 is resolved here and, unless ``MOVINET_RTSP_ALLOW_PRIVATE_ADDRESSES`` is set, every address must
 be a public one — IPv6 forms that embed an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo)
-are judged by the address they embed; ``rtsp://`` connects to the address that was checked (no
-second lookup that DNS rebinding could answer differently). Credentials in URLs are never logged
+are judged by the address they embed. The name is resolved once per connection (:func:`pin`) and
+the connection goes to the address that was checked — FFmpeg for ``rtsp://`` and ``rtsps://``,
+httpx for webhooks (Host header and SNI keep the name) — so no second lookup that DNS rebinding
+could answer differently. Credentials in URLs are never logged
 nor returned: :func:`redact` hides them in everything that leaves the RTSP source.
 """
 
@@ -145,13 +147,21 @@ def address_allowed(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def resolve(target: RtspUrl, allow_private: bool) -> str:
-    """The URL FFmpeg is to open, after resolving and checking the host. Blocking (DNS)."""
+def lookup(host: str, port: int) -> list[str]:
+    """The host's addresses, in the resolver's order, each once. Blocking (DNS). The one place
+    the service resolves a source's or a webhook's name (a test plays a rebinding DNS here)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def pin(target: RtspUrl, allow_private: bool) -> str:
+    """Resolve the host once, check every address it has, and return the one to connect to: the
+    caller connects to that address, never to the name again (a second DNS answer, a rebinding
+    one, is never asked for). Blocking (DNS)."""
     try:
-        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+        addresses = lookup(target.host, target.port)
+    except (OSError, UnicodeError) as exc:
         raise SourceRefused("host_not_found", f"cannot resolve the URL's host: {public_reason(exc)}") from None
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses:
         raise SourceRefused("host_not_found", "the URL's host has no address")
     if not allow_private:
@@ -161,8 +171,15 @@ def resolve(target: RtspUrl, allow_private: bool) -> str:
                 "address_not_allowed",
                 f"the URL's address {refused[0]} is private, loopback, link-local or reserved; "
                 "the server only opens public addresses (setting MOVINET_RTSP_ALLOW_PRIVATE_ADDRESSES)")
-    # rtsp:// opens the address just checked; rtsps:// keeps the name for TLS (SNI, certificates).
-    return target.with_host(addresses[0]) if target.scheme == "rtsp" else target.url
+    return addresses[0]
+
+
+def resolve(target: RtspUrl, allow_private: bool) -> str:
+    """The URL FFmpeg is to open: the host replaced by its checked address (:func:`pin`). Also for
+    ``rtsps://``: FFmpeg's RTSP demuxer opens its TLS connection without certificate checks
+    (``tls_verify`` is off and cannot be set through it), so the name bought no verification;
+    what the address costs is SNI, which cameras do not need. Blocking (DNS)."""
+    return target.with_host(pin(target, allow_private))
 
 
 async def check_source(url: str, allow_private: bool) -> RtspUrl:

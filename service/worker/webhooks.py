@@ -1,7 +1,8 @@
 """Action events POSTed to a session's webhook, by the worker that committed them.
 
 ``{"events": {"webhook_url": "https://..."}}`` in ``POST /sessions`` (checked like a camera URL:
-http(s) only, every address it resolves to public unless private addresses are allowed). After
+http(s) only, every address it resolves to public unless private addresses are allowed; at each
+send resolved and checked again, and the POST pinned to the address checked). After
 a commit, the worker hands that frame's events to a :class:`WebhookSender`: a bounded queue (the
 oldest batch goes when it is full, counted) and one task that POSTs
 ``{"session_id", "events": [...]}`` as JSON, with retries and backoff on errors and 5xx. Delivery
@@ -20,7 +21,7 @@ import httpx
 
 from service.logs import kv
 from service.metrics import Metrics
-from service.sources.urls import WEBHOOK_SCHEMES, SourceRefused, parse_url, resolve
+from service.sources.urls import WEBHOOK_SCHEMES, RtspUrl, SourceRefused, parse_url, pin
 
 log = logging.getLogger("service.worker.webhooks")
 
@@ -67,10 +68,11 @@ class WebhookSender:
         delay = 0.5
         for attempt in range(1, RETRIES + 1):
             try:
-                # Checked again at send time: the name may resolve elsewhere than at creation.
-                await asyncio.get_running_loop().run_in_executor(
-                    None, resolve, parse_url(url, WEBHOOK_SCHEMES), self.allow_private)
-                response = await client.post(url, json={"session_id": session_id, "events": events})
+                # Checked again at send time (the name may resolve elsewhere than at creation), and
+                # the POST goes to the address checked: httpx never looks the name up itself.
+                target = parse_url(url, WEBHOOK_SCHEMES)
+                address = await asyncio.get_running_loop().run_in_executor(None, pin, target, self.allow_private)
+                response = await post_pinned(client, target, address, {"session_id": session_id, "events": events})
                 if response.status_code < 500:
                     self.sent += 1
                     self.metrics.webhooks.labels("sent" if response.status_code < 400 else "refused").inc()
@@ -87,3 +89,13 @@ class WebhookSender:
                 delay *= 2
         self.metrics.webhooks.labels("failed").inc()
         log.warning(kv("webhook_failed", session_id=session_id, reason=reason, attempts=RETRIES))
+
+
+async def post_pinned(client: httpx.AsyncClient, target: RtspUrl, address: str, body: Any) -> httpx.Response:
+    """POST ``body`` to ``target`` on the connection to ``address``: the URL names the address, the
+    ``Host`` header and (https) the TLS server name — SNI and the certificate check — the host."""
+    default_port = WEBHOOK_SCHEMES[target.scheme]
+    literal = f"[{target.host}]" if ":" in target.host else target.host
+    host = literal if target.port == default_port else f"{literal}:{target.port}"
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    return await client.post(target.with_host(address), json=body, headers={"Host": host}, extensions=extensions)

@@ -53,7 +53,7 @@ from .datasets.folder import (
     scan_folder,
     split_folder,
 )
-from .recipe import prefix_loss, to_video, warmup_cosine
+from .recipe import EpochStats, Optimisation, to_video
 
 # The training cache keeps this much more than the model's view on each side of the square, so a
 # random resized crop can take a view at the service's scale (and zoomed in) at full resolution.
@@ -269,26 +269,16 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     train_set = FolderClips(train_videos, cache, train_spec, frames, random=True, seed=args.seed)
     val_set = FolderClips(val_videos, cache, val_spec, frames, random=False)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=args.batch_size * 2)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
-    total_steps = args.max_steps or steps_per_epoch * args.epochs
-    schedule = warmup_cosine(total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    use_scaler = args.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    optimisation = Optimisation(net, args.lr, args.weight_decay, args.max_steps or steps_per_epoch * args.epochs,
+                                device, args.amp)
     generator = torch.Generator().manual_seed(args.seed)
 
     step, start_epoch, history = 0, 0, []
     if saved is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-        if use_scaler and "scaler" in saved:
-            scaler.load_state_dict(saved["scaler"])
+        optimisation.resume(saved)
         generator.set_state(saved["generator"])
         step, start_epoch, history = saved["step"], saved["epoch"], json.loads(saved["history"])
-        scheduler.last_epoch = step  # the schedule is a function of the step (see train.py)
-        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base_lr * schedule(step)
         print(f"resumed from {checkpoint_path} at epoch {start_epoch}, step {step}", file=sys.stderr)
     if args.export:
         start_epoch = args.epochs
@@ -301,8 +291,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
         part = "" if backbone_trainable else " (head only)"
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}{part}", unit="step", file=sys.stderr)
-        seen = correct = 0
-        loss_sum, epoch_started = 0.0, time.time()
+        stats, epoch_started = EpochStats(), time.time()
         for batch_index in bar:
             if args.max_steps and step >= args.max_steps:
                 break
@@ -311,31 +300,21 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
             batch = torch.stack([clip for clip, _ in items])
             target = torch.tensor([label for _, label in items], device=device)
             video = augment_clips(batch, info.input_size, generator, flip=not args.no_flip, jitter=args.jitter).to(device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
-                logits, _ = net(video, per_frame=True)  # (B, T, K)
-                loss = prefix_loss(logits.float(), target, min_frames, args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            logits, loss = optimisation.step(video, target, min_frames, args.label_smoothing)
             step += 1
-            seen += len(target)
-            correct += (logits[:, -1].argmax(-1) == target).sum().item()
-            loss_sum += loss.item() * len(target)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                            clips_s=f"{seen / (time.time() - epoch_started):.1f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+            stats.add(logits, target, loss)
+            bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.3f}",
+                            clips_s=f"{stats.seen / (time.time() - epoch_started):.1f}", lr=f"{optimisation.lr:.1e}")
         bar.close()
         record = {"epoch": epoch + 1, "step": step, "head_only": not backbone_trainable,
-                  "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+                  "train_loss": stats.loss, "train_acc": stats.accuracy}
         if len(val_set):
             record.update(evaluate(net, val_loader, device, len(classes)))
         record["elapsed_s"] = round(time.time() - started, 1)
         history.append(record)
         print(json.dumps(record), file=sys.stderr)
-        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        torch.save({"model": net.state_dict(), "optimizer": optimisation.optimizer.state_dict(),
+                    "scaler": optimisation.scaler.state_dict(),
                     "generator": generator.get_state(), "step": step, "epoch": epoch + 1,
                     "history": json.dumps(history), "construction": json.dumps(construction),
                     "fresh": json.dumps(fresh), "init": init_source}, checkpoint_path)

@@ -39,7 +39,7 @@ from ..io.weights import save_weights
 from ..registry import build_model
 from . import finetune
 from .datasets.motion import CLASSES, MotionConfig, MotionDataset
-from .recipe import prefix_loss, to_video, warmup_cosine
+from .recipe import EpochStats, Optimisation, to_video
 
 # Opposites for label-aware augmentation (names from CLASSES).
 MIRROR = {"pan left": "pan right", "rotate clockwise": "rotate counter-clockwise"}
@@ -250,14 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             # Keras' 0.99 (PyTorch 0.01) suits fine-tuning; from scratch, running statistics must
             # follow weights that change fast, or evaluation lags far behind training.
             module.momentum = args.bn_momentum
-    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(clips) / args.batch_size)
-    total_steps = args.max_steps or steps_per_epoch * args.epochs
-    schedule = warmup_cosine(total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    use_scaler = args.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    optimisation = Optimisation(net, args.lr, args.weight_decay, args.max_steps or steps_per_epoch * args.epochs,
+                                device, args.amp)
     swaps = augmentations(CLASSES)
 
     step, start_epoch, history = 0, 0, []
@@ -267,13 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--resume: no checkpoint at {checkpoint_path}")
         saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
         net.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        optimisation.resume(saved)
         step, start_epoch, history = saved["step"], saved["epoch"], json.loads(saved["history"])
-        # The schedule is a function of the step: continue it at the saved step (possibly on a
-        # longer run) instead of restoring the old scheduler object.
-        scheduler.last_epoch = step
-        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base_lr * schedule(step)
         print(f"resumed from {checkpoint_path} at epoch {start_epoch}, step {step}", file=sys.stderr)
 
     if args.export:
@@ -284,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         net.train()
         order = torch.randperm(len(clips), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", file=sys.stderr)
-        seen = correct = 0
-        loss_sum = 0.0
+        stats = EpochStats()
         for batch_index in bar:
             if args.max_steps and step >= args.max_steps:
                 break
@@ -294,28 +283,18 @@ def main(argv: list[str] | None = None) -> int:
             target = torch.from_numpy(labels[index.numpy()])
             batch, target = augment(batch, target, generator, swaps)
             video, target = to_video(batch, device), target.to(device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
-                logits, _ = net(video, per_frame=True)  # (B, T, K)
-                loss = prefix_loss(logits.float(), target, args.min_frames, args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            logits, loss = optimisation.step(video, target, args.min_frames, args.label_smoothing)
             step += 1
-            seen += len(target)
-            correct += (logits[:, -1].argmax(-1) == target).sum().item()
-            loss_sum += loss.item() * len(target)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+            stats.add(logits, target, loss)
+            bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.3f}", lr=f"{optimisation.lr:.1e}")
         bar.close()
         val_acc = evaluate_clips(net, val_clips, val_labels, device)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
-                  "train_acc": correct / max(seen, 1), "val_acc": val_acc, "elapsed_s": round(time.time() - started, 1)}
+        record = {"epoch": epoch + 1, "step": step, "train_loss": stats.loss,
+                  "train_acc": stats.accuracy, "val_acc": val_acc, "elapsed_s": round(time.time() - started, 1)}
         history.append(record)
         print(json.dumps(record), file=sys.stderr)
-        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        torch.save({"model": net.state_dict(), "optimizer": optimisation.optimizer.state_dict(),
+                    "scheduler": optimisation.scheduler.state_dict(),
                     "step": step, "epoch": epoch + 1, "history": json.dumps(history)}, checkpoint_path)
         if args.max_steps and step >= args.max_steps:
             break

@@ -2,11 +2,13 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 import model
 from model.training.datasets.motion import CLASSES, MotionConfig, MotionDataset, render_clip
-from model.training.train import MIRROR, REVERSE, augment, augmentations, label_permutation, main, prefix_loss
+from model.training.recipe import EpochStats, Optimisation, prefix_loss
+from model.training.train import MIRROR, REVERSE, augment, augmentations, label_permutation, main
 
 from .datasets.test_motion import CLEAN, phase_shift
 
@@ -18,19 +20,39 @@ def test_a_few_training_steps_on_motion_clips_lower_the_loss():
     video = torch.stack([dataset[i][0] for i in range(20)])
     labels = torch.tensor([dataset[i][1] for i in range(20)])
     net = model.create_model("movinet_test_stream", num_classes=len(CLASSES)).train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    # the step both recipes take: AdamW, warm-up + cosine, clipping, the prefix loss
+    optimisation = Optimisation(net, lr=3e-3, weight_decay=0.0, total_steps=15, device=torch.device("cpu"), amp=False)
 
     def loss_now():
-        logits, _ = net(video, per_frame=True)
+        with torch.no_grad():
+            logits, _ = net(video, per_frame=True)
         return prefix_loss(logits, labels, min_frames=3, smoothing=0.0)
 
     first = loss_now().item()
+    stats = EpochStats()
     for _ in range(15):
-        loss = loss_now()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        logits, loss = optimisation.step(video, labels, min_frames=3, smoothing=0.0)
+        stats.add(logits, labels, loss)
     assert loss_now().item() < 0.8 * first
+    assert stats.seen == 15 * 20 and 0.0 <= stats.accuracy <= 1.0 and stats.loss > 0
+
+
+def test_a_resumed_optimisation_continues_the_schedule_at_its_step():
+    net = model.create_model("movinet_test_stream", num_classes=3)
+    video, labels = torch.rand(2, 3, 4, 32, 32), torch.tensor([0, 2])
+    cpu = torch.device("cpu")
+    first = Optimisation(net, lr=1e-3, weight_decay=1e-4, total_steps=10, device=cpu, amp=False)
+    for _ in range(4):
+        first.step(video, labels, min_frames=2, smoothing=0.0)
+    saved = {"optimizer": first.optimizer.state_dict(), "step": 4}
+    # a longer run resumed at step 4: the lr is the longer schedule's at step 4, the Adam moments carry over
+    resumed = Optimisation(net, lr=1e-3, weight_decay=1e-4, total_steps=20, device=cpu, amp=False)
+    resumed.resume(saved)
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * resumed.schedule(4))
+    assert resumed.optimizer.state_dict()["state"][0]["step"] == 4
+    resumed.step(video, labels, min_frames=2, smoothing=0.0)
+    assert resumed.lr == pytest.approx(1e-3 * resumed.schedule(5))
+    assert resumed.optimizer.state_dict()["state"][0]["step"] == 5
 
 
 def test_label_swaps_for_mirrored_and_reversed_clips():

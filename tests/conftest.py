@@ -15,3 +15,38 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.kill()
+
+
+def _needs_cluster_tools() -> None:
+    import os
+
+    from tests.redis_cluster import tools_missing
+
+    why = tools_missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why} (CI=1: required)")
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One private six-node Redis Cluster (3 primaries, 3 replicas) for the session's tests; its
+    indexes in 4 buckets, so that one session's listings and another's live on other shards."""
+    _needs_cluster_tools()
+    from tests.redis_cluster import RedisClusterServers
+
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster"), buckets=4).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory):
+    """A private primary, replica and Sentinel (master name ``movinet``)."""
+    _needs_cluster_tools()
+    from tests.redis_cluster import SentinelServers
+
+    servers = SentinelServers(tmp_path_factory.mktemp("sentinel")).start()
+    yield servers
+    servers.stop()

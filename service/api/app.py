@@ -72,6 +72,10 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     if role != "serve" and not settings.redis_url:
         raise ValueError(f"the {role} role shares its state through Redis: set MOVINET_REDIS_URL")
+    if settings.redis_url:
+        from service.store.redis_url import parse_redis_url
+
+        parse_redis_url(settings.redis_url)  # a bad URL: one clear line (no password in it) before anything starts
     resolve_device(settings.device)  # a GPU that is not there: a clear error before anything starts
 
     @asynccontextmanager

@@ -1,8 +1,10 @@
 """Every Redis key name, in one place (used by :mod:`service.store.redis`).
 
 All keys of a session share the hash tag ``{<session_id>}`` so that a session's keys live in one
-Redis Cluster slot and one Lua script may touch them all (the service as a whole does not
-support Cluster yet, see service/store/redis.py).
+Redis Cluster slot and one Lua script may touch them all. The global indexes (``ready``,
+``expiry``) are one key each on one Redis; on a Cluster they are split into buckets, each with its
+own hash tag (:func:`ready_bucket`, :func:`expiry_bucket`), so that they spread over the shards
+(see :mod:`service.store.redis_shards`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def lease(session_id: str) -> str:
 SESSIONS_BY_CREATION = f"{PREFIX}:sessions"  # zset: session_id scored by creation time
 EXPIRY = f"{PREFIX}:expiry"  # zset: session_id scored by its idle deadline (unix seconds)
 READY = f"{PREFIX}:ready"  # zset: sessions that may need a worker, scored by when to look (unix ms)
+
+
+def ready_bucket(bucket: int) -> str:
+    return f"{PREFIX}:ready:{{r{bucket:03d}}}"  # READY, one of its buckets on a Cluster
+
+
+def expiry_bucket(bucket: int) -> str:
+    return f"{PREFIX}:expiry:{{e{bucket:03d}}}"  # EXPIRY, one of its buckets on a Cluster
 
 
 def producer(session_id: str) -> str:

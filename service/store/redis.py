@@ -21,16 +21,17 @@ the time from which a worker should look at them: a held session's score is its 
 so when a worker dies its sessions become due by themselves).
 
 Every change to a session's keys that must be atomic is one Lua script over that session's keys
-(and, for create, touch and append, the global zset that lists it). The multi-key ``XREAD`` in
-:meth:`RedisStreamLog.take_next`, the cross-session pipelines and the global zsets are why Redis
-Cluster is not supported yet. The ready set is a hint: every race on it ends with the session
-listed (see :meth:`RedisStreamLog._settle`).
+(and, on one Redis, for create, touch and append, the global zset that lists it). On a Redis
+Cluster (``redis+cluster://``) the global zsets are split into buckets that spread over the
+shards and are written in a second call (:mod:`service.store.redis_shards`), pipelines are split
+per shard by the cluster client, and a worker waits on its sessions' frame streams with one
+``XREAD`` per slot (:meth:`RedisStreamLog.take_next`). The ready set is a hint: every race on it
+ends with the session listed (see :meth:`RedisStreamLog._settle`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
 from typing import Any
@@ -51,18 +52,18 @@ from service.store import (
 from service.store.redis_codec import frame_from_entry, result_from_entry, result_payload
 from service.store.redis_scripts import Scripts
 from service.store.redis_sessions import RedisSessionStore
+from service.store.redis_shards import Layout, script_call
+from service.store.redis_url import connect, parse_redis_url
+from service.store.redis_workers import Heartbeats, heartbeat_ttl_ms
+
+__all__ = ["RedisResultLog", "RedisStore", "RedisStreamLog", "heartbeat_ttl_ms", "redis_store"]
 
 EVENTS_CAP = 500  # events kept per session (approximately: MAXLEN ~)
+MAX_SLOT_WAITS = 32  # a Cluster worker blocks on at most this many slots at once (the rest: next tick)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def heartbeat_ttl_ms(lease_ttl_ms: int) -> int:
-    """A worker's heartbeat key outlives two leases (renewed every eighth of one): it names the
-    worker's connection; whether that connection is open says if the worker is alive."""
-    return max(400, 2 * lease_ttl_ms)
 
 
 def _look_again_ms(lease_ttl_ms: int) -> int:
@@ -73,19 +74,29 @@ def _look_again_ms(lease_ttl_ms: int) -> int:
 
 
 class RedisStreamLog:
-    def __init__(self, client: aioredis.Redis, scripts: Scripts, results_cap: int) -> None:
+    def __init__(self, client: aioredis.Redis, scripts: Scripts, results_cap: int, layout: Layout | None = None) -> None:
         self._r = client
         self._s = scripts
         self._cap = results_cap
-        self._beat: aioredis.Redis | None = None  # the heartbeat's own connection
+        self._l = layout or Layout(client, clustered=False)
+        self.heartbeats = Heartbeats(client, self._l.clustered)
+        self._waits: set[asyncio.Task] = set()  # a Cluster's per-slot XREADs still running (see take_next)
+
+    @property
+    def layout(self) -> Layout:
+        return self._l
 
     async def append(self, session_id: str, frame: Frame, *, keep: int) -> Appended:
+        ready = self._l.ready(session_id)
+        now = _now_ms()
         seq, dropped = await self._s.append(
-            keys=[keys.session(session_id), keys.frames(session_id), keys.READY],
+            keys=[keys.session(session_id), keys.frames(session_id)] + ([] if self._l.split else [ready]),
             args=[keep, "" if frame.pts is None else repr(frame.pts), frame.frame_index, repr(frame.received_at),
-                  frame.height, frame.width, frame.data, str(int(frame.frame_index) + 1), session_id, _now_ms()])
+                  frame.height, frame.width, frame.data, str(int(frame.frame_index) + 1), session_id, now])
         if seq < 0:
             raise KeyError(f"session {session_id} is gone")
+        if self._l.split:  # after the frame: a claimer that unlisted it meanwhile checks the backlog after
+            await self._r.zadd(ready, {session_id: now}, nx=True)
         frame.seq = int(seq)
         return Appended(seq=int(seq), dropped=int(dropped))
 
@@ -105,15 +116,16 @@ class RedisStreamLog:
 
     async def _settle(self, session_id: str) -> None:
         """Unlist a session nobody needs to look at; list it again if a frame came meanwhile."""
-        await self._r.zrem(keys.READY, session_id)
+        ready = self._l.ready(session_id)
+        await self._r.zrem(ready, session_id)
         if await self._s.backlog(keys=[keys.session(session_id), keys.frames(session_id)]):
-            await self._r.zadd(keys.READY, {session_id: _now_ms()}, nx=True)
+            await self._r.zadd(ready, {session_id: _now_ms()}, nx=True)
 
     async def claim(self, worker_id: str, limit: int, ttl_ms: int) -> list[Lease]:
         if limit <= 0:
             return []
         now = _now_ms()
-        due = await self._r.zrangebyscore(keys.READY, "-inf", now, start=0, num=limit * 2)
+        due = [member for member, _ in await self._l.due(self._l.ready_keys, now, limit * 2)]
         leases: list[Lease] = []
         held: dict[str, bytes] = {}  # session -> its holder's lease value
         for member in due:
@@ -124,36 +136,12 @@ class RedisStreamLog:
             if lease is not None:
                 leases.append(lease)
         if held and len(leases) < limit:
-            for sid, value in (await self._dead_holders(held)).items():
+            for sid, value in (await self.heartbeats.dead_holders(held)).items():
                 if len(leases) < limit:
                     lease = await self._claim_one(sid, worker_id, ttl_ms, now, {}, dead=value)
                     if lease is not None:
                         leases.append(lease)
         return leases
-
-    async def _dead_holders(self, held: dict[str, bytes]) -> dict[str, bytes]:
-        """The held sessions whose holder is dead: its heartbeat names the Redis connection it
-        keeps open, and that connection is gone (the kernel closed it when the process died). A
-        slow or stopped worker keeps its connection, so it is never taken for dead here; its
-        sessions move when their leases run out."""
-        holders = {sid: value.decode().rsplit(" ", 1)[0] for sid, value in held.items()}
-        beats = await self._r.mget([keys.worker(h) for h in holders.values()])
-        connections: dict[str, int] = {}
-        for sid, beat in zip(holders, beats, strict=True):
-            try:
-                connections[sid] = int(json.loads(beat)["connection"]) if beat else -1
-            except (ValueError, KeyError, TypeError):
-                continue  # a heartbeat without a connection id: only its lease tells
-        wanted = sorted({c for c in connections.values() if c >= 0})
-        if not wanted:
-            return {}
-        try:
-            listing = await self._r.execute_command("CLIENT", "LIST", "ID", *wanted)
-        except RedisError:  # CLIENT LIST refused (some managed services): leases decide alone
-            return {}
-        text = listing.decode() if isinstance(listing, bytes) else str(listing)
-        connected = {int(part[3:]) for part in text.split() if part.startswith("id=")}
-        return {sid: held[sid] for sid, c in connections.items() if c >= 0 and c not in connected}
 
     async def _claim_one(self, session_id: str, worker_id: str, ttl_ms: int, now: int, held: dict[str, bytes],
                          dead: bytes = b"") -> Lease | None:
@@ -162,38 +150,26 @@ class RedisStreamLog:
                   keys.frames(session_id)],
             args=[worker_id, ttl_ms, dead])
         status = reply[0].decode()
+        ready = self._l.ready(session_id)
         if status == "gone":
-            await self._r.zrem(keys.READY, session_id)
+            await self._r.zrem(ready, session_id)
         elif status == "idle":
             await self._settle(session_id)
         elif status == "held":
             held[session_id] = bytes(reply[2])
-            await self._r.zadd(keys.READY, {session_id: now + min(int(reply[1]), _look_again_ms(ttl_ms))}, xx=True)
+            await self._r.zadd(ready, {session_id: now + min(int(reply[1]), _look_again_ms(ttl_ms))}, xx=True)
         else:
             _, token, processed, checkpoint_seq, data = reply
-            await self._r.zadd(keys.READY, {session_id: now + _look_again_ms(ttl_ms)}, xx=True)
+            await self._r.zadd(ready, {session_id: now + _look_again_ms(ttl_ms)}, xx=True)
             return Lease(session_id, worker_id, int(token), int(processed), int(checkpoint_seq),
                          bytes(data) if int(checkpoint_seq) > 0 else None)
         return None
 
     async def heartbeat(self, worker_id: str, ttl_ms: int, load: WorkerLoad | None = None) -> None:
-        if self._beat is None:  # one connection this worker keeps open: its id says it is alive
-            self._beat = self._r.client()  # single_connection_client
-        connection = await self._beat.client_id()  # a reconnect gives a new id: written each beat
-        value = {**(dataclasses.asdict(load) if load is not None else {}), "connection": int(connection)}
-        await self._beat.set(keys.worker(worker_id), json.dumps(value), px=heartbeat_ttl_ms(ttl_ms))
+        await self.heartbeats.beat(worker_id, ttl_ms, load)
 
     async def pool_load(self) -> list[WorkerLoad]:
-        found: list[WorkerLoad] = []
-        async for key in self._r.scan_iter(match=keys.worker("*"), count=1000):
-            raw = await self._r.get(key)
-            try:
-                beat = json.loads(raw)
-                beat.pop("connection", None)
-                found.append(WorkerLoad(**beat))
-            except (TypeError, ValueError, AttributeError):
-                continue  # gone meanwhile, or a worker that publishes no load
-        return found
+        return await self.heartbeats.pool_load()
 
     async def frames_after(self, session_id: str, after_seq: int, upto_seq: int | None = None,
                            count: int = 1000) -> list[Frame]:
@@ -203,12 +179,9 @@ class RedisStreamLog:
 
     async def _take(self, cursors: dict[str, tuple[Lease, int]]) -> dict[str, Frame]:
         order = list(cursors)
-        async with self._r.pipeline(transaction=False) as pipe:
-            for sid in order:
-                lease, cursor = cursors[sid]
-                await self._s.take(keys=[keys.session(sid), keys.lease(sid), keys.frames(sid)],
-                                   args=[self._owner(lease), cursor], client=pipe)
-            replies = await pipe.execute()
+        replies = await self._l.pipelined([
+            script_call(self._s.take, [keys.session(sid), keys.lease(sid), keys.frames(sid)],
+                        [self._owner(cursors[sid][0]), cursors[sid][1]]) for sid in order])
         found: dict[str, Frame] = {}
         for sid, reply in zip(order, replies, strict=True):
             if isinstance(reply, list) and reply:
@@ -225,9 +198,39 @@ class RedisStreamLog:
             return found
         # Nothing yet: wait (without polling) until one of the streams grows, then take.
         streams = {keys.frames(sid): f"{cursor}-0" for sid, (_, cursor) in cursors.items()}
-        reply = await self._r.xread(streams, count=1, block=max(1, int(timeout * 1000)))
+        block = max(1, int(timeout * 1000))
+        reply = await (self._wait_slots(streams, block) if self._l.clustered
+                       else self._r.xread(streams, count=1, block=block))
         arrived = {stream.decode().split("{", 1)[1].split("}", 1)[0] for stream, entries in reply or [] if entries}
         return await self._take({sid: cursors[sid] for sid in arrived if sid in cursors}) if arrived else {}
+
+    async def _wait_slots(self, streams: dict[str, str], block_ms: int) -> list[Any]:
+        """A Cluster refuses an ``XREAD`` over keys of several slots: one per slot, at once, and
+        the first that brings entries answers. The others are left to end by themselves (within
+        ``block_ms``, a tick's wait) rather than cancelled, which would drop their connections."""
+        by_slot: dict[int, dict[str, str]] = {}
+        for name, after in streams.items():
+            by_slot.setdefault(self._r.keyslot(name), {})[name] = after
+        pending = set()
+        for group in list(by_slot.values())[:MAX_SLOT_WAITS]:
+            task = asyncio.create_task(self._r.xread(group, count=1, block=block_ms))
+            self._waits.add(task)
+            task.add_done_callback(self._wait_done)
+            pending.add(task)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            found = [item for task in done if not task.exception() for item in task.result() or []]
+            if found:
+                return found
+            for task in done:
+                if task.exception() is not None and not pending:
+                    raise task.exception()
+        return []
+
+    def _wait_done(self, task: asyncio.Task) -> None:
+        self._waits.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned wait's error is the next tick's to see
 
     async def commit(self, lease: Lease, results: list[Result], checkpoint: tuple[int, bytes] | None,
                      ttl_ms: int) -> int:
@@ -243,22 +246,22 @@ class RedisStreamLog:
             args=args)
         if backlog < 0:
             raise StaleLease(f"lease {lease.token} on {sid} is no longer live")
-        await self._r.zadd(keys.READY, {sid: _now_ms() + _look_again_ms(ttl_ms)}, xx=True)
+        await self._r.zadd(self._l.ready(sid), {sid: _now_ms() + _look_again_ms(ttl_ms)}, xx=True)
         return int(backlog)
 
     async def renew(self, leases: list[Lease], ttl_ms: int) -> list[bool]:
         if not leases:
             return []
-        async with self._r.pipeline(transaction=False) as pipe:
-            for lease in leases:
-                await self._s.renew(keys=[keys.lease(lease.session_id)], args=[self._owner(lease), ttl_ms],
-                                    client=pipe)
-            replies = await pipe.execute()
+        replies = await self._l.pipelined([
+            script_call(self._s.renew, [keys.lease(lease.session_id)], [self._owner(lease), ttl_ms])
+            for lease in leases])
         alive = [bool(r) for r in replies]
         due = _now_ms() + _look_again_ms(ttl_ms)
-        live = {lease.session_id: due for lease, ok in zip(leases, alive, strict=True) if ok}
-        if live:
-            await self._r.zadd(keys.READY, live, xx=True)
+        by_bucket: dict[str, dict[str, int]] = {}
+        for lease, ok in zip(leases, alive, strict=True):
+            if ok:
+                by_bucket.setdefault(self._l.ready(lease.session_id), {})[lease.session_id] = due
+        await self._l.pipelined([lambda c, n=n, m=m: c.zadd(n, m, xx=True) for n, m in by_bucket.items()])
         return alive
 
     async def release(self, lease: Lease, checkpoint: tuple[int, bytes] | None) -> None:
@@ -269,14 +272,14 @@ class RedisStreamLog:
         if waiting < 0:
             raise StaleLease(f"lease {lease.token} on {sid} is no longer live")
         if waiting:
-            await self._r.zadd(keys.READY, {sid: _now_ms()})  # due now: another worker may take it
+            await self._r.zadd(self._l.ready(sid), {sid: _now_ms()})  # due now: another worker may take it
         else:
             await self._settle(sid)
 
     async def wait_work(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            if await self._r.zcount(keys.READY, "-inf", _now_ms()):
+            if await self._l.count_due(self._l.ready_keys, _now_ms()):
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -284,7 +287,7 @@ class RedisStreamLog:
             await asyncio.sleep(min(0.02, remaining))
 
     async def unclaimed(self) -> int:
-        return int(await self._r.zcount(keys.READY, "-inf", _now_ms()))
+        return await self._l.count_due(self._l.ready_keys, _now_ms())
 
 
 class RedisResultLog:
@@ -336,20 +339,26 @@ class RedisStore(Store):
         return await self.sessions.delete(session_id)
 
     async def close(self) -> None:
-        if self.streams._beat is not None:
-            await self.streams._beat.aclose()
+        await self.streams.heartbeats.close()
+        for task in list(self.streams._waits):
+            task.cancel()
+        await asyncio.gather(*self.streams._waits, return_exceptions=True)
         await self.client.aclose()
 
 
 def redis_store(url: str, results_cap: int = 1000, socket_timeout: float = 30.0) -> RedisStore:
-    """A store on the Redis at ``url``. Commands fail fast while Redis is away (the callers back
-    off and retry); the client reconnects by itself when it is back."""
-    client = aioredis.from_url(url, decode_responses=False, socket_connect_timeout=2.0,
-                               socket_timeout=socket_timeout, health_check_interval=15)
+    """A store on the Redis at ``url`` (one Redis, a Cluster or a Sentinel's primary, see
+    :mod:`service.store.redis_url`; a bad URL raises ``ValueError``). Commands fail fast while
+    Redis is away (the callers back off and retry); the client reconnects by itself when it is back,
+    and follows a Cluster's redirections (MOVED, ASK) and a Sentinel's failovers."""
+    target = parse_redis_url(url)
+    client = connect(target, socket_connect_timeout=2.0, socket_timeout=socket_timeout)
     scripts = Scripts(client)
+    layout = Layout(client, clustered=target.clustered, buckets=target.buckets)
     store = RedisStore(
-        sessions=RedisSessionStore(client, scripts), streams=RedisStreamLog(client, scripts, results_cap),
+        sessions=RedisSessionStore(client, scripts, layout), streams=RedisStreamLog(client, scripts, results_cap, layout),
         results=RedisResultLog(client, results_cap), kind="redis",
     )
     store.client = client
+    store.target = target
     return store

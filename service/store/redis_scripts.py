@@ -2,7 +2,10 @@
 
 Each script touches one session's keys (which share the hash tag ``{<session_id>}``), plus, for
 ``CREATE``, ``TOUCH`` and ``APPEND``, one global zset that lists sessions (``movinet:sessions``,
-``movinet:expiry``, ``movinet:ready``), so that a record and its listings never disagree.
+``movinet:expiry``, ``movinet:ready``), so that a record and its listings never disagree. On a
+Redis Cluster (where a script may only touch one slot) ``TOUCH`` and ``APPEND`` are called without
+the zset and the caller lists the session in a second call; ``CREATE`` is then ``ADMIT`` (the
+session index alone: the limit) followed by ``RECORD`` (see :mod:`service.store.redis_shards`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,33 @@ if per_client >= 0 then redis.call('SADD', KEYS[4], ARGV[1]) end
 return 1
 """
 
+# KEYS: sessions (zset). ARGV: session_id, max_sessions (0: no limit), created_at.
+# Lists a new session unless the limit is reached; returns 1 (listed), 0 (listed already) or -1 (full).
+ADMIT = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local limit = tonumber(ARGV[2])
+if limit > 0 and redis.call('ZCARD', KEYS[1]) >= limit then return -1 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+# KEYS: the client's sessions (set). ARGV: session_id, max_per_client (0: no limit). Counts a new
+# session in the client's quota unless it is full; returns 1 or -2 (the client holds its maximum).
+ADMIT_CLIENT = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+local per_client = tonumber(ARGV[2])
+if per_client > 0 and redis.call('SCARD', KEYS[1]) >= per_client then return -2 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS: session. ARGV: field, value, ... Writes the record unless it exists; returns 1 or 0.
+RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
 # KEYS: session. ARGV: field, delta, ... (no-op on a deleted session)
 ADD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -41,7 +71,8 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
-# KEYS: session, frames, results, checkpoint, events, expiry (zset). ARGV: now, grace_s, session_id.
+# KEYS: session, frames, results, checkpoint, events, expiry (zset). ARGV: now, grace_s, session_id,
+# split ('1': no expiry key given; the deadline is returned for the caller to list).
 # Moves the idle deadline (in the record and the expiry zset, so a deleted session leaves no orphan).
 TOUCH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
@@ -53,13 +84,15 @@ if now > last then
 end
 local timeout = tonumber(redis.call('HGET', KEYS[1], 'idle_timeout_s') or '60')
 local ttl = math.floor((timeout + tonumber(ARGV[2])) * 1000)
-for i = 1, #KEYS - 1 do redis.call('PEXPIRE', KEYS[i], ttl) end
+local split = ARGV[4] == '1'
+for i = 1, split and #KEYS or #KEYS - 1 do redis.call('PEXPIRE', KEYS[i], ttl) end
 local deadline = last + timeout
 -- A session that never got a frame expires unused_timeout_s after its creation (SessionRecord.expires_at).
 local unused = tonumber(redis.call('HGET', KEYS[1], 'unused_timeout_s') or '0')
 if unused > 0 and tonumber(redis.call('HGET', KEYS[1], 'frames_received') or '0') == 0 then
   deadline = math.min(deadline, tonumber(redis.call('HGET', KEYS[1], 'created_at')) + unused)
 end
+if split then return string.format('%.17g', deadline) end
 redis.call('ZADD', KEYS[#KEYS], deadline, ARGV[3])
 return 1
 """
@@ -72,7 +105,7 @@ local function pending(session, frames, limit)
 end
 """
 
-# KEYS: session, frames, ready (zset). ARGV: keep, pts, frame_index, received_at, height, width,
+# KEYS: session, frames[, ready (zset): left out on a Cluster]. ARGV: keep, pts, frame_index, received_at, height, width,
 # data, next_frame_index (frame_index + 1, as a decimal string), session_id, now_ms.
 # Returns {seq, dropped}; {-1, 0} when the session is gone. One round trip: the frame, the backlog
 # policy, the record's counters and the ready set.
@@ -99,7 +132,7 @@ for i = 1, #waiting - keep do
 end
 redis.call('HINCRBY', KEYS[1], 'frames_received', 1)
 if dropped > 0 then redis.call('HINCRBY', KEYS[1], 'frames_dropped', dropped) end
-redis.call('ZADD', KEYS[3], 'NX', ARGV[10], ARGV[9])
+if #KEYS >= 3 then redis.call('ZADD', KEYS[3], 'NX', ARGV[10], ARGV[9]) end
 return {seq, dropped}
 """
 
@@ -213,6 +246,6 @@ class Scripts:
     """Every script above, registered on a client (``scripts.append(keys=..., args=...)``)."""
 
     def __init__(self, client: Any) -> None:
-        for name in ("CREATE", "ADD", "SET", "TOUCH", "APPEND", "BACKLOG", "CLAIM", "TAKE", "COMMIT", "RENEW", "RELEASE",
-                     "PRODUCER", "UNPRODUCE"):
+        for name in ("CREATE", "ADMIT", "ADMIT_CLIENT", "RECORD", "ADD", "SET", "TOUCH", "APPEND", "BACKLOG", "CLAIM", "TAKE",
+                     "COMMIT", "RENEW", "RELEASE", "PRODUCER", "UNPRODUCE"):
             setattr(self, name.lower(), client.register_script(globals()[name]))

@@ -25,11 +25,14 @@ from service.store.memory import memory_store
 from service.store.redis import redis_store
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster", "sentinel"])
 def make_store(request):
+    """Memory, one Redis, a Redis Cluster (six nodes, the indexes in buckets on several shards) and
+    a Sentinel-managed primary: the same contract on each."""
     if request.param == "memory":
         return lambda cap=10: memory_store(results_cap=cap)
-    server = request.getfixturevalue("redis_server")
+    server = request.getfixturevalue({"redis": "redis_server", "cluster": "redis_cluster",
+                                      "sentinel": "redis_sentinel"}[request.param])
     server.flush()
     return lambda cap=10: redis_store(server.url, results_cap=cap)
 
@@ -409,32 +412,36 @@ def test_an_unreadable_record_does_not_break_a_listing(redis_server):
     asyncio.run(scenario())
 
 
-def test_a_dead_workers_sessions_are_taken_over_before_the_lease_runs_out(redis_server):
+@pytest.mark.parametrize("servers", ["redis_server", "redis_cluster", "redis_sentinel"])
+def test_a_dead_workers_sessions_are_taken_over_before_the_lease_runs_out(servers, request):
     """The heartbeat names the worker's own Redis connection: held by a live worker, a session
     stays; once that connection is gone (the process died: its sockets closed), another worker
     takes the session over although the lease has a minute to go, and the dead one's commits are
     refused. A missing heartbeat alone (a stalled worker) takes nothing: its lease decides."""
     from service.store import keys
 
+    redis_server = request.getfixturevalue(servers)
+
     async def scenario():
         redis_server.flush()
         dying, other = redis_store(redis_server.url), redis_store(redis_server.url)
+        ready = other.streams.layout.ready("a")  # on a Cluster: one bucket of the ready set
         await dying.sessions.create(record("a"))
         await dying.streams.append("a", frame(0), keep=10)
         await dying.streams.heartbeat("w1", 60_000)
         [lease] = await dying.streams.claim("w1", 5, 60_000)
-        await other.client.zadd(keys.READY, {"a": 0})  # due now: a claimer looks at it
+        await other.client.zadd(ready, {"a": 0})  # due now: a claimer looks at it
         await other.streams.heartbeat("w2", 60_000)
         assert await other.streams.claim("w2", 5, 60_000) == []  # w1 is alive
         await dying.close()  # w1 dies: its connections close
-        await other.client.zadd(keys.READY, {"a": 0})
+        await other.client.zadd(ready, {"a": 0})
         [taken] = await other.streams.claim("w2", 5, 60_000)
         assert taken.token > lease.token and taken.worker_id == "w2"
         zombie = redis_store(redis_server.url)
         with pytest.raises(StaleLease):
             await zombie.streams.commit(lease, [result(1)], None, 60_000)
         await other.client.delete(keys.worker("w2"))  # no heartbeat at all: not taken for dead
-        await other.client.zadd(keys.READY, {"a": 0})
+        await other.client.zadd(ready, {"a": 0})
         assert await zombie.streams.claim("w3", 5, 60_000) == []
         await zombie.close()
         await other.close()

@@ -1,0 +1,178 @@
+"""A private Redis Cluster (three primaries, three replicas) and a Sentinel-managed primary for tests.
+
+Every node is a ``redis-server`` on a free loopback port in a temporary directory, without
+persistence (``--save ''``, ``--appendonly no``); the cluster is made by ``redis-cli --cluster
+create ... --cluster-replicas 1``. :func:`tools_missing` says why these cannot run here (the
+tests skip then, or fail under ``CI=1``).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.redis_server import RedisServer
+
+
+def tools_missing() -> str | None:
+    missing = [tool for tool in ("redis-server", "redis-cli") if shutil.which(tool) is None]
+    return f"{' and '.join(missing)} not installed" if missing else None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_ports(count: int) -> list[int]:
+    """Free ports whose cluster bus port (port + 10000) is free too."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randint(20000, 29999)
+        if port not in ports and _port_free(port) and _port_free(port + 10000):
+            ports.append(port)
+    return ports
+
+
+def cli(port: int, *args: str, timeout: float = 30) -> str:
+    done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True,
+                          text=True, timeout=timeout)
+    return done.stdout + done.stderr
+
+
+class ClusterNode(RedisServer):
+    def start(self) -> ClusterNode:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+                "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.directory / "nodes.conf"), "--cluster-node-timeout", "1000",
+                "--protected-mode", "yes"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_pong(self.port)
+        return self
+
+
+def _wait_pong(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"redis-server did not start on port {port}")
+
+
+class RedisClusterServers:
+    """Six nodes, three primaries with a replica each; ``url`` is what MOVINET_REDIS_URL takes."""
+
+    def __init__(self, directory: Path, buckets: int | None = None) -> None:
+        self.directory = directory
+        self.nodes = [ClusterNode(directory / f"node{i}", port) for i, port in enumerate(cluster_ports(6))]
+        self.buckets = buckets
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
+        return f"redis+cluster://{hosts}" + (f"?buckets={self.buckets}" if self.buckets else "")
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        out = subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                              "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
+        self.wait_ok()
+        return self
+
+    def alive(self) -> list[ClusterNode]:
+        return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Until every live node says ``cluster_state:ok`` and every replica has synced."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            nodes = self.alive()
+            if all("cluster_state:ok" in cli(n.port, "cluster", "info") for n in nodes) and all(
+                    "master_link_status:down" not in cli(n.port, "info", "replication") for n in nodes):
+                return
+            time.sleep(0.2)
+        raise RuntimeError("the cluster did not reach cluster_state:ok")
+
+    def primaries(self) -> dict[int, list[tuple[int, int]]]:
+        """port -> the slot ranges it serves (from CLUSTER SLOTS as redis-cli prints it)."""
+        lines = cli(self.alive()[0].port, "cluster", "nodes").splitlines()
+        found: dict[int, list[tuple[int, int]]] = {}
+        for line in lines:
+            parts = line.split()
+            if "master" in parts[2] and "fail" not in parts[2]:
+                port = int(parts[1].split(":")[1].split("@")[0])
+                ranges = [tuple(int(x) for x in p.split("-")) if "-" in p else (int(p), int(p))
+                          for p in parts[8:] if not p.startswith("[")]
+                found[port] = ranges
+        return found
+
+    def node_id(self, port: int) -> str:
+        return cli(port, "cluster", "myid").strip()
+
+    def flush(self) -> None:
+        for port in self.primaries():
+            cli(port, "flushall")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
+class SentinelServers:
+    """A primary, its replica and one Sentinel monitoring it as ``movinet``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.primary = RedisServer(directory / "primary")
+        self.replica = RedisServer(directory / "replica")
+        self.sentinel_port = cluster_ports(1)[0]
+        self.sentinel: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/movinet"
+
+    def start(self) -> SentinelServers:
+        self.primary.start()
+        self.replica.start()
+        cli(self.replica.port, "replicaof", "127.0.0.1", str(self.primary.port))
+        conf = self.directory / "sentinel.conf"
+        conf.write_text(f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                        f"sentinel monitor movinet 127.0.0.1 {self.primary.port} 1\n"
+                        "sentinel down-after-milliseconds movinet 1000\nsentinel failover-timeout movinet 5000\n")
+        self.sentinel = subprocess.Popen([shutil.which("redis-server"), str(conf), "--sentinel"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_pong(self.sentinel_port)
+        deadline = time.monotonic() + 20
+        while "master_link_status:up" not in cli(self.replica.port, "info", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not sync")
+            time.sleep(0.1)
+        return self
+
+    def flush(self) -> None:
+        cli(self.primary.port, "flushall")
+
+    def stop(self) -> None:
+        if self.sentinel is not None:
+            self.sentinel.kill()
+            self.sentinel.wait(10)
+        self.primary.kill()
+        self.replica.kill()

@@ -14,16 +14,19 @@ variable seeded, non-trivial values, runs them, and writes per variant::
     <out>/param_counts.json     parameter counts and stream state shapes of every backbone
 
 It can also write the small multi-dtype checkpoint used to test the TF-free checkpoint reader
-(``--tf-checkpoint-fixture DIR``).
+(``--tf-checkpoint-fixture DIR``), and a fine-tuned user's SavedModel as the official tutorial
+exports it (``--saved-model-fixture DIR``: A0 stream, 3 classes, its ``variables/`` bundle and the
+logits of the exported model run frame by frame).
 
 Usage (from the repository root)::
 
     $TFREF_VENV/bin/python tools/make_parity_fixtures.py --out tests/fixtures/parity
     $TFREF_VENV/bin/python tools/make_parity_fixtures.py --out .cache/parity-all --all
     $TFREF_VENV/bin/python tools/make_parity_fixtures.py --tf-checkpoint-fixture tests/fixtures/tf_checkpoint
+    $TFREF_VENV/bin/python tools/make_parity_fixtures.py --saved-model-fixture tests/fixtures/saved_model
 
 The command line is here; the work is in ``tools/_parity/`` (variants, specs, the oracle network,
-the fixture files, the checkpoint-reader fixture).
+the fixture files, the checkpoint-reader fixture, the SavedModel fixture).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 from _parity.fixtures import make_param_counts, make_variant, tf_models_version  # noqa: E402
+from _parity.saved_model_fixture import make_saved_model_fixture  # noqa: E402
 from _parity.specs import register_specs  # noqa: E402
 from _parity.tf_checkpoint_fixture import make_tf_checkpoint_fixture  # noqa: E402
 from _parity.variants import (  # noqa: E402
@@ -75,13 +79,18 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--tf-checkpoint-fixture", type=Path, metavar="DIR", help="write the checkpoint-reader fixture"
     )
+    parser.add_argument(
+        "--saved-model-fixture", type=Path, metavar="DIR", help="write the SavedModel fixture (A0 stream, 3 classes)"
+    )
     args = parser.parse_args(argv)
 
     if args.tf_checkpoint_fixture is not None:
         make_tf_checkpoint_fixture(args.tf_checkpoint_fixture, args.seed)
-        if args.out is None:
-            return 0
+    if args.saved_model_fixture is not None:
+        make_saved_model_fixture(args.saved_model_fixture, args.seed)
     if args.out is None:
+        if args.tf_checkpoint_fixture is not None or args.saved_model_fixture is not None:
+            return 0
         parser.error("--out is required")
 
     from official.projects.movinet.modeling import movinet

@@ -1,13 +1,18 @@
-"""Convert official MoViNet TF2 checkpoints to our PyTorch weights files.
+"""Convert official MoViNet TF2 checkpoints and SavedModels to our PyTorch weights files.
 
     python -m model.convert CKPT_DIR OUT.safetensors --model movinet_a0_stream
+    python -m model.convert SAVED_MODEL_DIR OUT.safetensors --model movinet_a0_stream --labels labels.txt
 
 ``CKPT_DIR`` is a directory as in the official ``movinet_a0_stream.tar.gz`` releases
-(``checkpoint``, ``ckpt-*.index``, ``ckpt-*.data-*``). No TensorFlow is needed: the checkpoint is
-read by :mod:`model.io.tf_checkpoint`. This module owns the renaming, a pure function
+(``checkpoint``, ``ckpt-*.index``, ``ckpt-*.data-*``); ``SAVED_MODEL_DIR`` a SavedModel as the
+official fine-tuning tutorial exports it (``export_saved_model``, ``tf.saved_model.save``): its
+``variables/`` bundle is read, renamed through its object graph (:mod:`model.io.tf_saved_model`),
+and any class count is taken from the classifier in the file. No TensorFlow is needed: the
+bundles are read by :mod:`model.io.tf_checkpoint`. This module owns the renaming, a pure function
 (:func:`convert_tf_variables`, tested on its own), the strict load of the result into a fresh
 model (:func:`convert_checkpoint`) and the command line above, which writes a weights file with
-:mod:`model.io.weights` (``model/convert.py`` only runs :func:`main`).
+:mod:`model.io.weights` (labels, input size, frame rate and window in its metadata;
+``model/convert.py`` only runs :func:`main`). Bad input is one ``error:`` line and exit code 2.
 
 The official object graph names weighted layers by construction order, not by name:
 ``model/layer_with_weights-0`` is the backbone, whose ``layer_with_weights-K`` are the stem
@@ -26,8 +31,9 @@ import numpy as np
 import torch
 
 from ..movinet import MoViNet
-from ..registry import build_model
+from ..registry import build_model, list_models, model_info
 from .tf_checkpoint import read_tf_checkpoint
+from .tf_saved_model import is_saved_model, read_saved_model_variables
 from .weights import load_state_dict_strict, save_weights
 
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -136,6 +142,24 @@ def convert_tf_variables(variables: dict[str, np.ndarray], net: MoViNet) -> dict
     return out
 
 
+def count_blocks(variables: dict[str, np.ndarray]) -> int | None:
+    """MovinetBlocks in the checkpoint's backbone (its weighted layers but the stem and the head)."""
+    layers = {int(m.group(1)) for key in variables if (m := _BACKBONE.match(key))}
+    return len(layers) - 2 if layers else None
+
+
+def check_model_size(variables: dict[str, np.ndarray], net: MoViNet, source: str | Path) -> None:
+    """``ValueError`` naming the models that fit when the file's backbone has another number of blocks."""
+    found = count_blocks(variables)
+    if found is None or found == len(net.blocks):
+        return
+    fits = [name for name in list_models() if name.endswith(net.info.mode) and not name.startswith("movinet_test")
+            and len(build_model(name, 1).blocks) == found]
+    hint = f" (it fits {', '.join(fits)}: pass that as --model)" if fits else ""
+    raise ValueError(f"{source} holds a MoViNet of {found} blocks, {net.name} has {len(net.blocks)}: "
+                     f"another model size{hint}")
+
+
 def infer_num_classes(variables: dict[str, np.ndarray]) -> int:
     for key, value in variables.items():
         if key.startswith("model/layer_with_weights-1/_classifier/") and key.endswith("bias" + _SUFFIX):
@@ -143,41 +167,97 @@ def infer_num_classes(variables: dict[str, np.ndarray]) -> int:
     raise ValueError("the checkpoint has no classifier bias (model/layer_with_weights-1/_classifier/...)")
 
 
+def read_tf_variables(path: str | Path) -> dict[str, np.ndarray]:
+    """The variables of a checkpoint (directory, prefix or ``.index``) or of a SavedModel folder, keyed as a checkpoint keys them."""
+    if is_saved_model(path):
+        return read_saved_model_variables(path)
+    path = Path(path)
+    if path.is_dir() and not any(path.glob("*.index")) and not (path / "checkpoint").is_file():
+        raise ValueError(f"{path}: neither a TF checkpoint (checkpoint, *.index) nor a SavedModel "
+                         "(saved_model.pb, variables/variables.index)")
+    return read_tf_checkpoint(path)
+
+
 def convert_checkpoint(
-    checkpoint: str | Path, name: str, labels: list[str] | None = None, **overrides
+    checkpoint: str | Path, name: str, labels: list[str] | None = None, info_overrides: dict | None = None,
+    **overrides,
 ) -> MoViNet:
-    """Read an official checkpoint directory (or prefix) and return the loaded PyTorch model."""
-    variables = read_tf_checkpoint(checkpoint)
+    """Read an official checkpoint directory (or prefix) or a SavedModel folder and return the loaded PyTorch model."""
+    variables = read_tf_variables(checkpoint)
     num_classes = infer_num_classes(variables)
-    net = build_model(name, num_classes, labels=labels, **overrides)
+    if labels is not None and len(labels) != num_classes:
+        raise ValueError(f"{len(labels)} labels given, but the classifier in {checkpoint} has {num_classes} classes")
+    net = build_model(name, num_classes, labels=labels, info_overrides=info_overrides, **overrides)
+    check_model_size(variables, net, checkpoint)
     tensors = convert_tf_variables(variables, net)
-    load_state_dict_strict(net, tensors, f"checkpoint {checkpoint}")
+    kind = "SavedModel" if is_saved_model(checkpoint) else "checkpoint"
+    load_state_dict_strict(net, tensors, f"{kind} {checkpoint}")
     return net.eval()
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """One label per line (blank lines skipped); ``ValueError`` for a missing, empty or repeating file."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read the labels file {path}: {getattr(error, 'strerror', None) or error}") from None
+    labels = [line.strip() for line in lines if line.strip()]
+    if not labels:
+        raise ValueError(f"the labels file {path} has no labels (one per line)")
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"the labels file {path} repeats {', '.join(map(repr, repeated))}")
+    return labels
+
+
+def info_overrides(name: str, size: int | None, fps: float | None, frames: int | None) -> dict:
+    """``ModelInfo`` fields a converted model was trained with, where they differ from the official defaults."""
+    info, overrides = model_info(name), {}
+    if size is not None:
+        overrides["input_size"] = size
+        overrides["eval_min_size"] = max(size, int(round(size * info.eval_min_size / info.input_size)))
+    if fps is not None:
+        overrides["frame_rate"] = fps
+    if frames is not None:
+        overrides["clip_frames"] = frames
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.convert", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="official TF2 checkpoint directory (or ckpt prefix)")
+    parser.add_argument("checkpoint", help="official TF2 checkpoint directory (or ckpt prefix), or a SavedModel folder")
     parser.add_argument("output", help="output .safetensors file")
     parser.add_argument("--model", required=True, help="e.g. movinet_a0_stream (see model.list_models())")
-    parser.add_argument("--labels", help="text file with one label per line (default: Kinetics-600 for 600 classes)")
+    parser.add_argument("--labels", help="text file with one label per line, as many as the classifier's classes "
+                        "(default: Kinetics-600 for 600 classes, else class_0, class_1, ...)")
     parser.add_argument(
         "--hard-sigmoid",
-        default="keras2",
-        choices=("keras2", "model_garden", "torch"),
-        help="SE gate of stream models; the released checkpoints use keras2 = clip(0.2x+0.5, 0, 1)",
+        default="auto",
+        choices=("auto", "keras2", "model_garden", "torch"),
+        help="SE gate of stream models; auto: keras2 = clip(0.2x+0.5, 0, 1) for a checkpoint (the released ones), "
+             "model_garden = relu6(x+3)*0.16667 for a SavedModel (what today's tf-models-official exports compute)",
     )
+    parser.add_argument("--size", type=int, help="input size the model was trained at (default: the official one)")
+    parser.add_argument("--fps", type=float, help="frame rate it was trained at (default: the official one)")
+    parser.add_argument("--frames", type=int, help="frames of its training clips, the service's window")
     args = parser.parse_args(argv)
-    labels = None
-    if args.labels:
-        labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
     try:
-        overrides = {"hard_sigmoid": args.hard_sigmoid} if args.model.endswith("_stream") else {}
-        net = convert_checkpoint(args.checkpoint, args.model, labels=labels, **overrides)
-    except ValueError as error:
+        labels = read_labels(args.labels) if args.labels else None
+        overrides = {}
+        if args.model.endswith("_stream"):
+            gate = args.hard_sigmoid
+            if gate == "auto":
+                gate = "model_garden" if is_saved_model(args.checkpoint) else "keras2"
+            overrides["hard_sigmoid"] = gate
+        info = info_overrides(args.model, args.size, args.fps, args.frames)
+        net = convert_checkpoint(args.checkpoint, args.model, labels=labels, info_overrides=info, **overrides)
+        source = Path(args.checkpoint).resolve().name
+        extra = {"source": source, "source_format": "saved_model" if is_saved_model(args.checkpoint) else "checkpoint"}
+        path = save_weights(net, args.output, extra=extra)
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
-    path = save_weights(net, args.output, extra={"source": str(Path(args.checkpoint).name)})
+        return 2
     params = sum(p.numel() for p in net.parameters())
-    print(f"wrote {path} ({net.name}, {net.num_classes} classes, {params:,} parameters)")
+    gate = f", hard_sigmoid={net.mode.hard_sigmoid}" if net.causal else ""
+    print(f"wrote {path} ({net.name}, {net.num_classes} classes, {params:,} parameters{gate})")
     return 0

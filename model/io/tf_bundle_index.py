@@ -7,7 +7,8 @@ This module owns the index's two layers of encoding:
   trailer (compression type, masked CRC32C, checked here);
 - what the table holds: the ``""`` entry a ``BundleHeaderProto`` and every other entry a
   ``BundleEntryProto`` (dtype, shape, shard, offset, size, CRC of the tensor bytes), both parsed
-  with a small protobuf wire-format reader, and the TF dtype enum those entries use.
+  with a small protobuf wire-format reader (:func:`parse_message`, also what
+  :mod:`model.io.tf_saved_model` reads the object graph with), and the TF dtype enum those entries use.
 
 :func:`read_bundle_index` is the way in; reading tensor bytes from the data shards is
 :mod:`model.io.tf_checkpoint`'s. Anything malformed raises ``ValueError`` naming the file and what
@@ -31,6 +32,7 @@ __all__ = [
     "DT_STRING",
     "BundleEntry",
     "BundleIndex",
+    "parse_message",
     "read_bundle_index",
     "read_varint",
 ]
@@ -86,7 +88,7 @@ def _to_int64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _parse_message(data: bytes, where: str) -> dict[int, list]:
+def parse_message(data: bytes, where: str) -> dict[int, list]:
     """Field number -> list of values (ints for varint/fixed, bytes for length-delimited)."""
     fields: dict[int, list] = {}
     pos = 0
@@ -140,12 +142,12 @@ class BundleEntry:
 
 
 def _parse_shape(data: bytes, where: str) -> tuple[int, ...]:
-    fields = _parse_message(data, where)
+    fields = parse_message(data, where)
     if _last(fields, 3):
         raise ValueError(f"{where}: tensor has unknown rank")
     dims = []
     for dim in fields.get(2, []):
-        size = _to_int64(_last(_parse_message(dim, where), 1))
+        size = _to_int64(_last(parse_message(dim, where), 1))
         if size < 0:
             raise ValueError(f"{where}: tensor has an unknown dimension ({size})")
         dims.append(size)
@@ -153,7 +155,7 @@ def _parse_shape(data: bytes, where: str) -> tuple[int, ...]:
 
 
 def _parse_entry(data: bytes, where: str) -> BundleEntry:
-    fields = _parse_message(data, where)
+    fields = parse_message(data, where)
     return BundleEntry(
         dtype_enum=_last(fields, 1),
         shape=_parse_shape(_last(fields, 2, b""), where),
@@ -247,7 +249,7 @@ def read_bundle_index(index_path: Path) -> BundleIndex:
         data_handle, _ = _read_block_handle(handle_bytes, 0, where)
         for key, value in _iter_block(_read_block(table, data_handle, where), where):
             if key == _HEADER_KEY:
-                header = _parse_message(value, f"{where} (bundle header)")
+                header = parse_message(value, f"{where} (bundle header)")
                 continue
             name = key.decode("utf-8", errors="replace")
             entries[name] = _parse_entry(value, f"{where} (entry {name!r})")

@@ -102,8 +102,11 @@ def test_model_modules_import_one_another_without_a_cycle():
 def test_weight_io_goes_one_way():
     graph = import_graph()
     # the TF checkpoint reader is numpy alone: its modules import one another and nothing else
-    reader = {"model.io.tf_checkpoint", "model.io.tf_bundle_index", "model.io.crc32c"}
+    reader = {"model.io.tf_checkpoint", "model.io.tf_bundle_index", "model.io.crc32c", "model.io.tf_saved_model"}
     assert {"model.io.tf_bundle_index", "model.io.crc32c"} <= graph["model.io.tf_checkpoint"]
+    assert {"model.io.tf_checkpoint", "model.io.tf_bundle_index"} <= graph["model.io.tf_saved_model"]
+    assert "model.io.tf_saved_model" in graph["model.io.convert"]
+    assert "model.io.tf_saved_model" not in graph["model.io.tf_checkpoint"]
     assert all(graph[name] <= reader for name in reader)
     assert not {"model.io.convert", "model.io.fetch"} & graph["model.io.weights"]
     assert "model.io.fetch" not in graph["model.io.convert"]

@@ -9,6 +9,8 @@
   ``param_counts.json``.
 - :mod:`.tf_checkpoint_fixture`: the small multi-dtype checkpoint that tests
   ``model/io/tf_checkpoint.py``.
+- :mod:`.saved_model_fixture`: a fine-tuned user's SavedModel (A0 stream, 3 classes) exported
+  the tutorial's way, for ``model.convert SAVED_MODEL_DIR``.
 
 Like the script, this package needs the separate TensorFlow environment and is never imported
 by the project; the script imports it from its own folder (``python tools/make_parity_fixtures.py``

@@ -167,10 +167,20 @@ def infer_num_classes(variables: dict[str, np.ndarray]) -> int:
     raise ValueError("the checkpoint has no classifier bias (model/layer_with_weights-1/_classifier/...)")
 
 
+def saved_model_folder(path: str | Path) -> Path | None:
+    """The SavedModel folder ``path`` is (or whose ``variables/`` folder it is), else ``None``."""
+    path = Path(path)
+    if is_saved_model(path):
+        return path
+    if path.name == "variables" and (path / "variables.index").is_file():
+        return path.parent
+    return None
+
+
 def read_tf_variables(path: str | Path) -> dict[str, np.ndarray]:
     """The variables of a checkpoint (directory, prefix or ``.index``) or of a SavedModel folder, keyed as a checkpoint keys them."""
-    if is_saved_model(path):
-        return read_saved_model_variables(path)
+    if (folder := saved_model_folder(path)) is not None:
+        return read_saved_model_variables(folder)
     path = Path(path)
     if path.is_dir() and not any(path.glob("*.index")) and not (path / "checkpoint").is_file():
         raise ValueError(f"{path}: neither a TF checkpoint (checkpoint, *.index) nor a SavedModel "
@@ -190,7 +200,7 @@ def convert_checkpoint(
     net = build_model(name, num_classes, labels=labels, info_overrides=info_overrides, **overrides)
     check_model_size(variables, net, checkpoint)
     tensors = convert_tf_variables(variables, net)
-    kind = "SavedModel" if is_saved_model(checkpoint) else "checkpoint"
+    kind = "checkpoint" if saved_model_folder(checkpoint) is None else "SavedModel"
     load_state_dict_strict(net, tensors, f"{kind} {checkpoint}")
     return net.eval()
 
@@ -247,12 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.model.endswith("_stream"):
             gate = args.hard_sigmoid
             if gate == "auto":
-                gate = "model_garden" if is_saved_model(args.checkpoint) else "keras2"
+                gate = "keras2" if saved_model_folder(args.checkpoint) is None else "model_garden"
             overrides["hard_sigmoid"] = gate
         info = info_overrides(args.model, args.size, args.fps, args.frames)
         net = convert_checkpoint(args.checkpoint, args.model, labels=labels, info_overrides=info, **overrides)
         source = Path(args.checkpoint).resolve().name
-        extra = {"source": source, "source_format": "saved_model" if is_saved_model(args.checkpoint) else "checkpoint"}
+        extra = {"source": source, "source_format": "checkpoint" if saved_model_folder(args.checkpoint) is None
+                 else "saved_model"}
         path = save_weights(net, args.output, extra=extra)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

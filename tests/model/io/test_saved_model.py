@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import model
 from model.io.convert import main as convert_main
@@ -112,6 +113,15 @@ def test_the_training_size_rate_and_window_go_into_the_metadata(tmp_path, capsys
     assert code == 0, capsys.readouterr().err
     info = read_metadata(out)["info"]
     assert (info["input_size"], info["frame_rate"], info["clip_frames"], info["eval_min_size"]) == (224, 2.5, 8, 250)
+
+
+def test_the_variables_folder_itself_converts_the_same(tmp_path):
+    whole, part = tmp_path / "whole.safetensors", tmp_path / "part.safetensors"
+    assert convert_main([str(SAVED_MODEL), str(whole), "--model", "movinet_a0_stream"]) == 0
+    assert convert_main([str(SAVED_MODEL / "variables"), str(part), "--model", "movinet_a0_stream"]) == 0
+    assert read_metadata(part)["mode"]["hard_sigmoid"] == "model_garden"
+    first, second = load_file(str(whole)), load_file(str(part))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_without_labels_the_classes_are_numbered(tmp_path):

@@ -37,7 +37,8 @@ from service.sources.decode import model_frames
 from service.sources.frames import Resampler, fit_frame
 from service.sources.ingest import FrameSink
 from service.sources.pipe import FramePipe, Pending
-from service.sources.urls import PROTOCOL_WHITELIST, RtspUrl, SourceRefused, redact, resolve
+from service.sources.rtsp_guard import RtspRelay
+from service.sources.urls import PROTOCOL_WHITELIST, RtspUrl, SourceRefused, pin, redact
 
 log = logging.getLogger("service.sources.rtsp")
 
@@ -193,9 +194,24 @@ class RtspPuller:
     def _pull_once(self) -> bool:
         """One connection: open, decode until the stream ends or stalls. True if it gave frames."""
         assert self._pipe is not None
-        url = resolve(self.target, self.allow_private)
+        address = pin(self.target, self.allow_private)
+        # FFmpeg talks to the camera through the relay: the checked address only, no redirect followed.
+        with RtspRelay(self.target, address, self.open_timeout_s) as relay:
+            try:
+                streamed = self._open(relay.url)
+            except (av.error.FFmpegError, OSError):
+                if relay.refused is None:
+                    raise
+                streamed = False
+        if relay.refused is not None:  # what FFmpeg saw as a closed connection
+            raise relay.refused
+        return streamed
+
+    def _open(self, url: str) -> bool:
+        assert self._pipe is not None
         options = {
-            "rtsp_transport": self.transport,
+            # rtsps is TCP only (the relay holds the TLS connection; FFmpeg would force TCP too).
+            "rtsp_transport": "tcp" if self.target.scheme == "rtsps" else self.transport,
             "protocol_whitelist": PROTOCOL_WHITELIST,
             "allowed_media_types": "video",
             "timeout": str(int(self.read_timeout_s * 1e6)),  # socket I/O (microseconds)

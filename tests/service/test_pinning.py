@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import re
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ import pytest
 
 from service.metrics import Metrics
 from service.sources import urls
+from service.sources.rtsp_guard import RtspRelay
 from service.worker.webhooks import WebhookSender
 from tests.service.conftest import TEST_MODEL, run_server
 
@@ -113,10 +115,10 @@ def test_ffmpeg_connects_to_the_checked_address_not_the_name(plumbing_weights, l
         # No real DNS knows the name: a connection at all is one to the pinned address.
         assert wait_for(lambda: listener.first_bytes), "FFmpeg never connected"
     first = listener.first_bytes[0]
-    if scheme == "rtsp":
-        assert first.startswith(f"OPTIONS rtsp://127.0.0.1:{listener.port}/x RTSP/1.0".encode())
-    else:
-        assert first[:1] == b"\x16"  # a TLS handshake record: the ClientHello
+    if scheme == "rtsp":  # FFmpeg's request, through the relay (its loopback port in the URI)
+        assert re.match(rb"OPTIONS rtsp://127\.0\.0\.1:\d+/x RTSP/1\.0\r\n", first), first[:80]
+    else:  # the relay's TLS ClientHello, with the name as SNI
+        assert first[:1] == b"\x16" and b"cam.pinned.test" in first
     assert resolver.calls >= 2  # at the create, and again for the connection
 
 
@@ -138,6 +140,67 @@ def test_a_rebinding_camera_name_cannot_reach_loopback(plumbing_weights, listene
     assert "127.0.0.1 is private, loopback" in status["last_error"]
     time.sleep(0.3)
     assert listener.first_bytes == []  # nothing ever reached the loopback port
+
+
+class RedirectingCamera:
+    """An RTSP server on 127.0.0.1 that answers every request with a 302 to ``location``."""
+
+    def __init__(self, location: str) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.location = location
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                request = conn.recv(4096)
+                cseq = re.search(rb"CSeq: *(\d+)", request)
+                conn.sendall(b"RTSP/1.0 302 Moved Temporarily\r\nCSeq: " + (cseq.group(1) if cseq else b"1")
+                             + b"\r\nLocation: " + self.location.encode() + b"\r\n\r\n")
+                time.sleep(0.5)
+
+
+def test_a_camera_redirect_is_not_followed(plumbing_weights, listener):
+    # Private addresses allowed, so that it is the redirect itself that is refused, wherever it goes.
+    camera = RedirectingCamera(f"rtsp://admin:pw@127.0.0.1:{listener.port}/internal")
+    try:
+        with run_server(rtsp_allow_private_addresses=True) as server:
+            response = httpx.post(server.http + "/sessions", timeout=30, json={
+                "model": TEST_MODEL, "source": {"type": "rtsp", "url": f"rtsp://127.0.0.1:{camera.port}/cam"}})
+            assert response.status_code == 201, response.text
+            session = response.json()
+
+            def source() -> dict:
+                return httpx.get(f"{server.http}/sessions/{session['session_id']}",
+                                 params={"token": session["token"]}, timeout=30).json()["source"]
+
+            assert wait_for(lambda: source()["last_error"] is not None)
+            error = source()["last_error"]
+    finally:
+        camera.sock.close()
+    assert "answered 302" in error and "redirects are not followed" in error
+    assert "pw" not in error and "***@127.0.0.1" in error  # the Location's credentials redacted
+    time.sleep(0.3)
+    assert listener.first_bytes == []  # FFmpeg never connected where the camera pointed
+
+
+def test_the_relay_points_udp_at_the_checked_address_and_passes_interleaved_rtp():
+    target = urls.parse_url("rtsp://cam.example.org/live")
+    with RtspRelay(target, "203.0.113.5", timeout_s=1.0) as relay:
+        setup = (b"RTSP/1.0 200 OK\r\nCSeq: 4\r\nTransport: RTP/AVP;unicast;client_port=5000-5001;"
+                 b"source=127.0.0.1;server_port=6000-6001\r\nSession: 12\r\n\r\n")
+        rtp = b"$\x00\x00\x03abc"
+        passed, rest = relay._check(setup + rtp + b"$\x01\x00\x09par")  # the last frame is not whole yet
+    assert rest == b"$\x01\x00\x09par"
+    assert b"Transport: RTP/AVP;unicast;client_port=5000-5001;server_port=6000-6001;source=203.0.113.5\r\n" \
+        in passed
+    assert passed.endswith(b"Session: 12\r\n\r\n" + rtp)
+    assert relay.url.startswith("rtsp://127.0.0.1:") and relay.url.endswith("/live")
 
 
 # --- webhooks -----------------------------------------------------------------------------------------

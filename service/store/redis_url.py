@@ -165,6 +165,10 @@ def _cluster_class() -> type:
 
         _warm_lock: asyncio.Lock | None = None
         _warmed = False
+        # Redirections and TRYAGAIN retries a command may take (TRYAGAIN: 50 ms apart in the second
+        # half): ~2 s, for a slot whose keys are half migrated (a session's keys moving in a reshard),
+        # instead of redis-py's 16 (~0.4 s), after which a frame or a commit would fail.
+        RedisClusterRequestTTL = 80
 
         async def warm(self) -> None:
             if self._warmed:

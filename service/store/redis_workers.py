@@ -39,6 +39,7 @@ class Heartbeats:
                 self._beat = self._r.client()  # single_connection_client: the same connection every beat
             return int(await self._beat.client_id()), ""
         if self._beat is None:
+            await self._r.warm()  # the slot map: empty until the client's first command
             node = self._r.get_node_from_key(key)
             # Our own connection, outside the node's pool: a topology refresh does not close it.
             self._beat = node.connection_class(**node.connection_kwargs)

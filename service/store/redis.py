@@ -346,13 +346,20 @@ class RedisStore(Store):
         await self.client.aclose()
 
 
+# A pool's connections: each socket's results wait (a blocking XREAD) holds one, so a gateway needs
+# about one per live session. redis-py 8 caps a pool at 100 by default, which 100 live sessions ran
+# out of (MaxConnectionsError, benchmarks/soak.py); Redis' own maxclients is 10,000.
+MAX_CONNECTIONS = 10_000
+
+
 def redis_store(url: str, results_cap: int = 1000, socket_timeout: float = 30.0) -> RedisStore:
     """A store on the Redis at ``url`` (one Redis, a Cluster or a Sentinel's primary, see
     :mod:`service.store.redis_url`; a bad URL raises ``ValueError``). Commands fail fast while
     Redis is away (the callers back off and retry); the client reconnects by itself when it is back,
     and follows a Cluster's redirections (MOVED, ASK) and a Sentinel's failovers."""
     target = parse_redis_url(url)
-    client = connect(target, socket_connect_timeout=2.0, socket_timeout=socket_timeout)
+    client = connect(target, socket_connect_timeout=2.0, socket_timeout=socket_timeout,
+                     max_connections=MAX_CONNECTIONS)
     scripts = Scripts(client)
     layout = Layout(client, clustered=target.clustered, buckets=target.buckets)
     store = RedisStore(

@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     checkpoint_every: int = Field(
         25, ge=1, description="Checkpoint a session's state every K frames (and on release); the frame log "
         "is trimmed up to the checkpoint, so a resumed session replays at most K frames.")
+    checkpoint_interval_s: float = Field(
+        0.0, ge=0, description="Also checkpoint a session this many seconds after its last checkpoint (0: "
+        "off). With a large MOVINET_CHECKPOINT_EVERY the cadence is one of time: fewer checkpoint bytes per "
+        "camera, a longer replay after a takeover and a longer frame log (interval x frame rate frames).")
     checkpoint_half: bool = Field(False, description="Store checkpoints as float16 (half the bytes, not exact).")
 
     # Storage and the worker pool.

@@ -56,6 +56,7 @@ class InferenceLoop:
         self.max_batch = settings.max_batch
         self.batch_wait_s = settings.batch_wait_ms / 1000.0
         self.checkpoint_every = settings.checkpoint_every
+        self.checkpoint_interval_s = settings.checkpoint_interval_s
         self.worker_id = settings.worker_id or default_worker_id()
         self.max_sessions = settings.worker_max_sessions
         self.lease_ttl_ms = settings.lease_ttl_ms
@@ -383,6 +384,15 @@ class InferenceLoop:
         self.metrics.inference_seconds.labels(loaded.name).observe(elapsed)
         self.metrics.batch_size.labels(loaded.name).observe(len(steps))
 
+    def _checkpoint_due(self, held: Held) -> bool:
+        """Every ``checkpoint_every`` frames, or ``checkpoint_interval_s`` after the last one (a
+        cadence by time: with a large frame count, a camera's checkpoint bytes per second no
+        longer depend on its frame rate)."""
+        if self.checkpoint_every and held.since_checkpoint >= self.checkpoint_every:
+            return True
+        return bool(self.checkpoint_interval_s and held.since_checkpoint
+                    and time.monotonic() - held.checkpointed_at >= self.checkpoint_interval_s)
+
     async def _commit(self, held: Held, step: Step) -> None:
         frame = step.frame
         if self._held.get(held.session_id) is not held:
@@ -393,7 +403,7 @@ class InferenceLoop:
         result = Result(seq=frame.seq, pts=frame.pts, frame_index=frame.frame_index, labels=step.labels,
                         lag_ms=lag * 1000.0, dropped=0, produced_at=now, error=step.error, events=step.events)
         checkpoint = None
-        if self.checkpoint_every and held.since_checkpoint >= self.checkpoint_every and step.error is None:
+        if step.error is None and self._checkpoint_due(held):
             data = await self._in_thread(self.runner.encode, held.state)
             if data is not None:
                 checkpoint = (frame.seq, data)
@@ -405,6 +415,7 @@ class InferenceLoop:
         held.cursor = frame.seq
         if checkpoint is not None:
             held.since_checkpoint = 0
+            held.checkpointed_at = time.monotonic()
             self.metrics.checkpoints.inc()
             self.metrics.checkpoint_bytes.observe(len(checkpoint[1]))
         self.metrics.frames_processed.labels(held.state.model.name).inc()

@@ -172,6 +172,18 @@ end
 return entries[1]
 """
 
+# A key a script creates (the first result, event or checkpoint) lives as long as the session's
+# record from the start, not only from the next TOUCH (which renews them all).
+SAME_TTL_LUA = """
+local function same_ttl(session, ...)
+  local ttl = redis.call('PTTL', session)
+  if ttl <= 0 then return end
+  for _, key in ipairs({...}) do
+    if redis.call('PTTL', key) == -1 then redis.call('PEXPIRE', key, ttl) end
+  end
+end
+"""
+
 SAVE_CHECKPOINT_LUA = """
 local function save_checkpoint(checkpoint, frames, seq, data, owner)
   if tonumber(seq) > 0 then
@@ -185,7 +197,7 @@ end
 # ARGV: owner, ttl_ms, results_cap, checkpoint_seq (0 = none), checkpoint_data, events_cap, then
 # seq, result, events (JSON list, '' = none) for each result.
 # Returns the session's backlog after the commit, or -1 (stale lease / session gone: nothing changed).
-COMMIT = SAVE_CHECKPOINT_LUA + PENDING_LUA + """
+COMMIT = SAME_TTL_LUA + SAVE_CHECKPOINT_LUA + PENDING_LUA + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local processed = tonumber(redis.call('HGET', KEYS[1], 'processed_seq') or '0')
 local dropped = redis.call('HGET', KEYS[1], 'frames_dropped') or '0'
@@ -204,6 +216,7 @@ if appended > 0 then
   redis.call('HINCRBY', KEYS[1], 'frames_processed', appended)
 end
 save_checkpoint(KEYS[5], KEYS[4], ARGV[4], ARGV[5], ARGV[1])
+same_ttl(KEYS[1], KEYS[3], KEYS[5], KEYS[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return #pending(KEYS[1], KEYS[4], 100000)
 """
@@ -231,11 +244,12 @@ return 1
 
 # KEYS: session, lease, checkpoint, frames. ARGV: owner, checkpoint_seq, checkpoint_data.
 # Returns the frames still waiting, or -1 when the lease was already lost.
-RELEASE = SAVE_CHECKPOINT_LUA + PENDING_LUA + """
+RELEASE = SAME_TTL_LUA + SAVE_CHECKPOINT_LUA + PENDING_LUA + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 -- A checkpoint ahead of the committed progress is no resume point (a tick cut short): not saved.
 if tonumber(ARGV[2]) <= tonumber(redis.call('HGET', KEYS[1], 'processed_seq') or '0') then
   save_checkpoint(KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[1])
+  same_ttl(KEYS[1], KEYS[3])
 end
 redis.call('DEL', KEYS[2])
 return #pending(KEYS[1], KEYS[4], 1)

@@ -68,6 +68,7 @@ class InferenceLoop:
         # loading must not hold leases it cannot serve (they would run out, and be taken again).
         self.can_claim: Callable[[], bool] = lambda: True
         self._held: dict[str, Held] = {}
+        self._claimed: list[Lease] = []  # claimed in this tick, not adopted yet (renewed with the held ones)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -194,6 +195,7 @@ class InferenceLoop:
         for held in self._held.values():
             self._release_rows(held)
         self._held.clear()
+        self._claimed.clear()  # not renewed any more: they expire by themselves
         self._gauges()
         self._backoff = min(max(0.1, self._backoff * 2), 5.0)
         level = logging.WARNING if self.store_ok else logging.DEBUG
@@ -211,8 +213,9 @@ class InferenceLoop:
         if (not self.draining and now >= self._next_claim and len(self._held) < self.max_sessions
                 and self.can_claim()):
             self._next_claim = now + self.claim_interval_s
-            for lease in await streams.claim(self.worker_id, self.max_sessions - len(self._held), self.lease_ttl_ms):
-                await self._adopt(lease)
+            self._claimed = await streams.claim(self.worker_id, self.max_sessions - len(self._held), self.lease_ttl_ms)
+            while self._claimed:
+                await self._adopt(self._claimed.pop(0))
                 await self._renew()  # adopting one session (a replay) must not cost the others their lease
         if now >= self._next_gauges:  # the autoscaling signal, fresh even on a full worker
             self._next_gauges = now + 1.0
@@ -252,9 +255,13 @@ class InferenceLoop:
         self.ticks += 1
 
     async def _renew(self) -> None:
+        """Renew the held sessions' leases, and those claimed but not adopted yet: after a crash a
+        worker claims the dead one's sessions at once and adopts them one by one (each a replay);
+        unrenewed, the last ones' leases ran out before their turn, another worker claimed them,
+        and so on — sessions bounced between workers for a minute while their frames were dropped."""
         held = list(self._held.values())
-        alive = await self.store.streams.renew([h.lease for h in held], self.lease_ttl_ms)
-        for one, ok in zip(held, alive, strict=True):
+        alive = await self.store.streams.renew([h.lease for h in held] + self._claimed, self.lease_ttl_ms)
+        for one, ok in zip(held, alive, strict=False):
             if not ok:
                 self._lost(one, "stale")
 
@@ -300,7 +307,7 @@ class InferenceLoop:
         if opened is None:
             return  # deleted meanwhile (the lease expires by itself), or cannot be served
         state, webhook_url = opened
-        if not (await self.store.streams.renew([lease], self.lease_ttl_ms))[0]:
+        if not (await self.store.streams.renew([lease, *self._claimed], self.lease_ttl_ms))[0]:
             log.info(kv("lease_lost", worker=self.worker_id, session_id=lease.session_id, reason="stale",
                         during="open"))
             return  # its model took longer to load than the lease lived
@@ -325,7 +332,7 @@ class InferenceLoop:
                     log.error(kv("replay_failed", session_id=lease.session_id, error=repr(exc)))
                     await self._in_thread(self.runner.restart, state)
                     break
-                if not (await self.store.streams.renew([lease], self.lease_ttl_ms))[0]:
+                if not (await self.store.streams.renew([lease, *self._claimed], self.lease_ttl_ms))[0]:
                     self.runner.release(state)
                     self.metrics.leases_lost.labels("stale").inc()
                     log.info(kv("lease_lost", worker=self.worker_id, session_id=lease.session_id, reason="stale",

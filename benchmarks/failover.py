@@ -6,7 +6,8 @@ A pool of 2 gateways and N workers on one local Redis, every setting at its ship
 2 s, backlog 10 s, checkpoints every 25 frames; one torch thread per worker, as they share the
 cores). The sessions stream the committed test video, looped, at 5 fps in real time (a live
 camera: the client never waits for labels), through both gateways; every few seconds the worker
-holding a random session is SIGKILLed and started again. At the end every session's labels are
+holding a random session is SIGKILLed and started again (while the others are ready: one failure
+at a time, as a pool of N+1 is sized for). At the end every session's labels are
 compared with a calm run of the same frames, seq by seq, and its drops are counted.
 
 Prints a line per session and a summary; ``--json PATH`` writes it too. Loopback only, bounded.
@@ -69,12 +70,20 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(11)
         client = redis_py.Redis.from_url(redis.url)
 
+        def ready(worker) -> bool:
+            try:
+                return worker.alive() and httpx.get(worker.url + "/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
         def chaos() -> None:
             while not stop.wait(rng.uniform(*args.kill_every)):
                 lease = client.get(keys.lease(rng.choice(sessions)[1]["session_id"]))
                 holder = lease.decode().split()[0] if lease else ""
                 victim = next((w for w in workers if w.alive() and f"-{w.process.pid}-" in holder), None)
-                if victim is not None:
+                # One failure at a time: the killed worker's sessions need a live one to go to (a
+                # restarted worker takes 10 s and more to load its model on two busy cores).
+                if victim is not None and all(ready(w) for w in workers if w is not victim):
                     victim.kill()
                     kills.append(time.monotonic())
                     victim.start()

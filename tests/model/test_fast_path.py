@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import model
-from model.optimize import TOLERANCE, FrameGraph, StreamStep, _split_batch, for_streaming, tolerance
+from model.optimize import TOLERANCE, FrameGraph, StreamStep, for_streaming, tolerance
 from tests.model.helpers import randomized
 
 FRAMES = 20
@@ -104,11 +104,18 @@ def test_compiled_path_equals_the_model_in_chunks(net):
     assert torch.allclose(got, want, atol=1e-4)
 
 
-def test_batches_split_into_compiled_sizes():
-    assert _split_batch(64, (1, 8)) == [8] * 8
-    assert _split_batch(13, (1, 8)) == [8, 5]  # a rest of 5 runs on the eager graph, not 5 x batch 1
-    assert _split_batch(17, (1, 8)) == [8, 8, 1]
-    assert _split_batch(5, (1,)) == [5]
+def test_a_batch_runs_on_the_graph_compiled_for_its_size_else_on_the_eager_graph():
+    from model.stream_step import _BySize
+
+    calls = []
+
+    def graph(name):
+        return lambda frames, state: calls.append((name, frames.shape[0])) or (frames, state)
+
+    run = _BySize({1: graph("compiled-1"), 8: graph("compiled-8")}, graph("eager"))
+    for batch in (1, 8, 5, 13, 64):
+        run(torch.zeros(batch, 3, 1, 2, 2), {})
+    assert calls == [("compiled-1", 1), ("compiled-8", 8), ("eager", 5), ("eager", 13), ("eager", 64)]
 
 
 def test_a_path_that_disagrees_gives_way_with_a_warning(net, monkeypatch, caplog):

@@ -1,0 +1,218 @@
+"""The one-frame step of a stream model rewritten for inference (:class:`FrameGraph`).
+
+Feature maps are (B, H, W, C) contiguous: channels last, so a 1x1x1 conv is a matmul on the
+last dimension (MKL, no layout choices left to a compiler) and a spatial conv runs on the
+channels-last view (B, C, H, W) of the same memory. Stream buffers (B, E, T, H, W) are kept in
+channels_last_3d, whose memory is (B, T, H, W, E): frame j of the buffer is a (B, H, W, E) slice.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .folding import fuse_batchnorm
+from .layers import MovinetBlock, ceil_div, get_activation, positional_encoding, tf_same_padding
+from .movinet import MoViNet, State
+from .specs import ModeSpec
+
+
+def _apply(act: str, x: Tensor) -> Tensor:
+    """The activations on full feature maps, as single ops (``hard_swish`` is ``F.hardswish``:
+    ulp-level from the TF formula, and one kernel instead of four)."""
+    if act == "hard_swish":
+        return F.hardswish(x)
+    if act == "swish":
+        return F.silu(x)
+    return x
+
+
+class _Pointwise(nn.Module):
+    """A 1x1x1 conv (BN folded, optionally scaled by ReZero) -> activation, as a matmul on (B, H, W, C)."""
+
+    def __init__(self, conv: nn.Conv3d, act: str, dtype: torch.dtype, scale: Tensor | None = None,
+                 extra_bias: Tensor | None = None) -> None:
+        super().__init__()
+        weight, bias = conv.weight.detach().flatten(1), conv.bias.detach()  # (C_out, C_in), (C_out,)
+        if scale is not None:  # ReZero folded in: rezero * conv(x) = conv'(x)
+            weight, bias = weight * scale, bias * scale
+        if extra_bias is not None:
+            bias = bias + extra_bias
+        self.register_buffer("weight", weight.to(dtype).contiguous())
+        self.register_buffer("bias", bias.to(dtype))
+        self.act = act
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        y = _apply(self.act, F.linear(x, self.weight, self.bias))
+        return y if residual is None else residual + y
+
+
+class _Spatial(nn.Module):
+    """A (1, kh, kw) conv (BN folded) -> activation on (B, H, W, C), run as a 2D conv on its
+    channels-last view; TF SAME padding fixed at build time for one input size."""
+
+    def __init__(self, conv: nn.Conv3d, in_hw: tuple[int, int], act: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        weight = conv.weight.detach()[:, :, 0]  # (C_out, C_in/groups, kh, kw)
+        self.register_buffer("weight", weight.to(dtype).contiguous(memory_format=torch.channels_last))
+        self.register_buffer("bias", conv.bias.detach().to(dtype))
+        self.stride = tuple(conv.stride[1:])
+        self.groups = conv.groups
+        self.act = act
+        (kh, kw), (sh, sw) = conv.kernel_size[1:], self.stride
+        top, bottom = tf_same_padding(in_hw[0], kh, sh)
+        left, right = tf_same_padding(in_hw[1], kw, sw)
+        # symmetric padding goes into the conv; only TF's "extra pixel at the end" needs a pad op
+        self.pad = None if (top == bottom and left == right) else (left, right, top, bottom)
+        self.padding = (top, left) if self.pad is None else (0, 0)
+        self.out_hw = (ceil_div(in_hw[0], sh), ceil_div(in_hw[1], sw))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 3, 1, 2)  # (B, C, H, W) channels-last view
+        if self.pad is not None:
+            x = F.pad(x, self.pad)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
+        return _apply(self.act, y).permute(0, 2, 3, 1)  # (B, H', W', C_out)
+
+
+class _TfAvgPool(nn.Module):
+    """The skip branch's 3x3 stride-2 average pool with TF's divisor (valid pixels only), on
+    (B, H, W, C), the divisor precomputed for one input size."""
+
+    def __init__(self, in_hw: tuple[int, int], dtype: torch.dtype) -> None:
+        super().__init__()
+        top, bottom = tf_same_padding(in_hw[0], 3, 2)
+        left, right = tf_same_padding(in_hw[1], 3, 2)
+        self.pad = (left, right, top, bottom)
+        counts = F.avg_pool2d(F.pad(torch.ones(1, 1, *in_hw), self.pad), 3, 2, divisor_override=1)
+        self.register_buffer("inv_counts", (1.0 / counts)[0, 0, :, :, None].to(dtype))  # (H', W', 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        sums = F.avg_pool2d(F.pad(x.permute(0, 3, 1, 2), self.pad), 3, 2, divisor_override=1)
+        return sums.permute(0, 2, 3, 1) * self.inv_counts
+
+
+class _Block(nn.Module):
+    """One stream block on one frame: expansion -> spatial depthwise -> temporal depthwise over
+    the stream buffer -> SE (running mean) -> projection (gate and ReZero folded) -> + skip."""
+
+    def __init__(self, block: MovinetBlock, in_hw: tuple[int, int], mode: ModeSpec,
+                 dtype: torch.dtype, se_matmul: bool) -> None:
+        super().__init__()
+        act = mode.activation
+        feature, se, projection, rezero = block.feature, block.se, block.projection.conv, block.rezero.detach()
+        self.prefix = block.prefix
+        self.skip_pool = _TfAvgPool(in_hw, dtype) if block.skip is not None and block.skip.pool else None
+        # with a skip conv, the projection's bias rides on the skip's: one add fewer per pixel
+        self.skip = None if block.skip is None else _Pointwise(block.skip.conv, "none", dtype,
+                                                               extra_bias=projection.bias.detach() * rezero)
+        self.expansion = _Pointwise(block.expansion.conv, act, dtype)
+        self.spatial = _Spatial(feature.conv, in_hw, act, dtype)
+        self.out_hw = self.spatial.out_hw
+        self.buffer_frames = feature.buffer_frames
+        if self.buffer_frames:
+            weight = feature.conv_temporal.weight.detach().reshape(-1, self.buffer_frames + 1)  # (E, kt), oldest first
+            self.register_buffer("temporal_weight", weight.t().to(dtype).contiguous())  # (kt, E)
+            self.register_buffer("temporal_bias", feature.conv_temporal.bias.detach().to(dtype))
+        self.act = act
+        self.se_matmul = se_matmul
+        self.se_act = get_activation(mode.activation)
+        self.se_gate = get_activation(mode.gating_activation, mode.hard_sigmoid)
+        self.register_buffer("se_reduce_weight", se.reduce.weight.detach().flatten(1).float())  # (hidden, 2E)
+        self.register_buffer("se_reduce_bias", se.reduce.bias.detach().float())
+        self.register_buffer("se_expand_weight", se.expand.weight.detach().flatten(1).float())  # (E, hidden)
+        self.register_buffer("se_expand_bias", se.expand.bias.detach().float())
+        self.use_positional_encoding = se.use_positional_encoding
+        if self.use_positional_encoding:
+            self.register_buffer("pos_scale", se.pos_scale.detach().float().clone())
+        projection_bias = None if self.skip is None else -projection.bias.detach() * rezero  # moved to the skip
+        self.projection = _Pointwise(projection, "none", dtype, scale=rezero, extra_bias=projection_bias)
+
+    def _linear(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        if self.se_matmul:
+            return F.linear(x, weight, bias)
+        # a broadcast product and a sum: for these (B, 2E) x (2E, E/4) shapes a compiler fuses it
+        # into one small loop, where a GEMM call costs more than its arithmetic
+        return (x[:, None, :] * weight).sum(-1) + bias
+
+    def forward(self, x: Tensor, state: State, new_state: State) -> Tensor:
+        if self.skip is None:
+            shortcut = x
+        else:
+            shortcut = self.skip(x if self.skip_pool is None else self.skip_pool(x))  # (B, H', W', C_out)
+        h = self.spatial(self.expansion(x))  # (B, H', W', E)
+        if self.buffer_frames:
+            key = f"{self.prefix}_stream_buffer"
+            buffer = state[key].permute(0, 2, 3, 4, 1)  # (B, kt-1, H', W', E): the memory of channels_last_3d
+            weight = self.temporal_weight
+            t = torch.addcmul(self.temporal_bias, h, weight[self.buffer_frames])
+            for j in range(self.buffer_frames):
+                t = torch.addcmul(t, buffer[:, j], weight[j])
+            new_buffer = torch.cat([buffer[:, 1:], h[:, None].to(buffer.dtype)], dim=1)  # (B, kt-1, H', W', E)
+            new_state[key] = new_buffer.permute(0, 4, 1, 2, 3)  # (B, E, kt-1, H', W'), channels_last_3d
+            h = _apply(self.act, t)
+        # squeeze-excitation on [mean of every frame so far, this frame's mean], in float32
+        spatial = h.mean(dim=(1, 2), dtype=torch.float32)  # (B, E)
+        sums = state[f"{self.prefix}_pool_buffer"].flatten(1) + spatial
+        seen = state[f"{self.prefix}_pool_frame_count"] + 1  # (B,)
+        new_state[f"{self.prefix}_pool_buffer"] = sums[:, :, None, None, None]
+        new_state[f"{self.prefix}_pool_frame_count"] = seen
+        pooled = torch.cat([sums / seen.to(torch.float32)[:, None], spatial], dim=1)  # (B, 2E)
+        if self.use_positional_encoding:
+            key = f"{self.prefix}_pos_enc_frame_count"
+            position = state[key]
+            new_state[key] = position + 1
+            encoding = positional_encoding(position[:, None], pooled.shape[1], torch.float32)  # (B, 2E, 1)
+            pooled = pooled + self.pos_scale * encoding[:, :, 0]
+        hidden = self.se_act(self._linear(pooled, self.se_reduce_weight, self.se_reduce_bias))
+        gate = self.se_gate(self._linear(hidden, self.se_expand_weight, self.se_expand_bias))  # (B, E)
+        h = h * gate.to(h.dtype)[:, None, None, :]
+        return self.projection(h, residual=shortcut)  # (B, H', W', C_out)
+
+
+class FrameGraph(nn.Module):
+    """A stream model's one-frame step rewritten for inference, same call as the model:
+    ``logits, new_state = graph(frames [B, 3, 1, H, W], state)``, same state names and shapes.
+
+    What differs from :class:`~model.movinet.MoViNet` on one frame: feature maps channels-last
+    (1x1x1 convs as matmuls, (1, k, k) convs as 2D convs), BN folded into the convs and ReZero
+    into the projections, TF padding fixed for one frame size, the temporal depthwise conv as a
+    weighted sum over the stream buffer, the SE's and head's running means in float32, and
+    ``dtype`` (float32 or bfloat16) for the weights and feature maps. Stream buffers are returned
+    in ``channels_last_3d`` and in ``dtype``; pool buffers stay float32, frame counts int32.
+    Equal to the model within float rounding (``tests/model/test_fast_path.py``).
+    """
+
+    def __init__(self, net: MoViNet, height: int, width: int, dtype: torch.dtype = torch.float32,
+                 se_matmul: bool = True) -> None:
+        super().__init__()
+        if not net.causal:
+            raise ValueError("FrameGraph needs a stream (causal) model")
+        net = fuse_batchnorm(net)
+        self.height, self.width, self.dtype = height, width, dtype
+        self.stem = _Spatial(net.stem.conv, (height, width), net.mode.activation, dtype)
+        hw = self.stem.out_hw
+        blocks = []
+        for block in net.blocks:
+            blocks.append(_Block(block, hw, net.mode, dtype, se_matmul))
+            hw = blocks[-1].out_hw
+        self.blocks = nn.ModuleList(blocks)
+        self.head = _Pointwise(net.head.conv, net.mode.activation, dtype)
+        self.hidden = _Pointwise(net.classifier.hidden, net.mode.classifier_activation, dtype)
+        self.logits = _Pointwise(net.classifier.logits, "none", dtype)
+
+    def forward(self, frames: Tensor, state: State) -> tuple[Tensor, State]:
+        new_state: State = {}
+        x = frames[:, :, 0].permute(0, 2, 3, 1).to(self.dtype).contiguous()  # (B, H, W, 3)
+        x = self.stem(x)  # (B, H/2, W/2, F)
+        for block in self.blocks:
+            x = block(x, state, new_state)
+        x = self.head(x)  # (B, h, w, P)
+        spatial = x.mean(dim=(1, 2), dtype=torch.float32)  # (B, P)
+        sums = state["state_head_pool_buffer"].flatten(1) + spatial
+        seen = state["state_head_pool_frame_count"] + 1
+        new_state["state_head_pool_buffer"] = sums[:, :, None, None, None]
+        new_state["state_head_pool_frame_count"] = seen
+        pooled = (sums / seen.to(torch.float32)[:, None]).to(self.dtype)  # running mean of every frame
+        return self.logits(self.hidden(pooled)).float(), new_state

@@ -11,6 +11,7 @@ more (a failover), nobody is taken for dead: the leases decide alone.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from typing import Any
@@ -32,24 +33,27 @@ class Heartbeats:
         self._clustered = clustered
         self._beat: Any = None  # single/sentinel: a single-connection client; cluster: a raw Connection
         self._node = ""  # cluster: host:port of the server the heartbeat connection is open to
+        self._lock = asyncio.Lock()  # a raw connection serves one command at a time (the loop and its task beat)
 
     async def _connection_id(self, key: str) -> tuple[int, str]:
         if not self._clustered:
             if self._beat is None:
                 self._beat = self._r.client()  # single_connection_client: the same connection every beat
             return int(await self._beat.client_id()), ""
-        if self._beat is None:
-            await self._r.warm()  # the slot map: empty until the client's first command
-            node = self._r.get_node_from_key(key)
-            # Our own connection, outside the node's pool: a topology refresh does not close it.
-            self._beat = node.connection_class(**node.connection_kwargs)
-            self._node = f"{node.host}:{node.port}"
-        try:
-            await self._beat.send_command("CLIENT", "ID")
-            return int(await self._beat.read_response()), self._node
-        except (RedisError, OSError):
-            await self.close()  # the node went away (a failover): the next beat opens a new one
-            raise
+        async with self._lock:
+            if self._beat is None:
+                await self._r.warm()  # the slot map: empty until the client's first command
+                node = self._r.get_node_from_key(key)
+                # Our own connection, outside the node's pool: a topology refresh does not close it.
+                self._beat = node.connection_class(**node.connection_kwargs)
+                self._node = f"{node.host}:{node.port}"
+            try:
+                await self._beat.send_command("CLIENT", "ID")
+                return int(await self._beat.read_response()), self._node
+            except (RedisError, OSError):
+                beat, self._beat = self._beat, None  # the node went away (a failover): the next beat opens a new one
+                await beat.disconnect()
+                raise
 
     async def beat(self, worker_id: str, ttl_ms: int, load: WorkerLoad | None) -> None:
         key = keys.worker(worker_id)

@@ -6,8 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +31,26 @@ class LoadedModel:
     clip_frames: int
     labels: list[str]
     device: Any = None  # torch.device the model runs on
-    step: Any = None  # runs one-frame calls: the TorchScript trace of ``net`` (or ``net`` itself)
-    _windows: dict[int, Any] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # runs one-frame calls: ``model.optimize.for_streaming``'s StreamStep (or an onnxruntime step)
+    step: Any = None
 
     @property
     def key(self) -> str:
         return f"{self.name}:{self.weights}"
 
-    def windowed(self, window: int) -> Any:
-        """The shared ``model.streaming.WindowedStream`` for a window length."""
-        with self._lock:
-            stream = self._windows.get(window)
-            if stream is None:
-                from model.streaming import WindowedStream
+    def init_state(self, batch: int) -> Any:
+        """Zero states for ``batch`` new streams, in the layout (and dtype) ``step`` reads."""
+        size = self.input_size
+        init = getattr(self.step, "init_state", None)
+        return init(batch, size, size) if init is not None else self.net.init_state(batch, size, size)
 
-                stream = self._windows[window] = WindowedStream(self.net, window=window, forward=self.step)
-            return stream
+    def describe(self) -> dict[str, Any]:
+        """What runs the forwards (``GET /models``, the worker's log)."""
+        describe = getattr(self.step, "describe", None)
+        if describe is not None:
+            return describe()
+        return {"backend": "onnxruntime" if type(self.step).__name__.startswith("Onnx") else "eager",
+                "precision": "fp32", "compiling": False, "compiled_batch_sizes": []}
 
 
 def is_weights_path(weights: str | None) -> bool:
@@ -96,8 +98,8 @@ def scan_weights_dir(folder: str | Path) -> dict[str, dict[str, Path]]:
 
 class ModelRegistry:
     def __init__(self, default_model: str, default_weights: str | None, allow_random_weights: bool,
-                 trace: bool = True, device: str = "auto", backend: str = "torch",
-                 weights_dir: str | Path | None = None):
+                 device: str = "auto", backend: str = "torch", weights_dir: str | Path | None = None,
+                 torch_path: str = "auto", precision: str = "fp32", compile: str = "off"):
         self.default_model = default_model
         # Weights files beyond the cache's and the package's: MOVINET_WEIGHTS_DIR's, and a default
         # given as a path. Sessions name them by tag; a request never names a path.
@@ -112,8 +114,9 @@ class ModelRegistry:
             default_weights = tag
         self.default_weights = default_weights
         self.allow_random_weights = allow_random_weights
-        self.trace = trace
         self.backend = backend
+        # for_streaming's choices (MOVINET_TORCH_PATH, MOVINET_PRECISION, MOVINET_COMPILE)
+        self.fast_path = {"backend": torch_path, "precision": precision, "compile": compile}
         self.device = resolve_device(device)
         self._onnx_dir: Any = None
         self._loaded: dict[str, LoadedModel] = {}
@@ -143,7 +146,10 @@ class ModelRegistry:
             for tag in weights:
                 loaded = self._loaded.get(f"{name}:{tag}")
                 if loaded is not None:
-                    entry.update(loaded=True, num_classes=len(loaded.labels))
+                    runtime = loaded.describe()
+                    entry.update(loaded=True, num_classes=len(loaded.labels),
+                                 runtime={key: runtime.get(key) for key in
+                                          ("backend", "precision", "compiling", "compiled_batch_sizes")})
                     break
             entries.append(entry)
         return entries
@@ -199,7 +205,7 @@ class ModelRegistry:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             if key not in self._loaded:
-                self._loaded[key] = await asyncio.to_thread(_build, name, weights, self.trace, self.device,
+                self._loaded[key] = await asyncio.to_thread(_build, name, weights, self.fast_path, self.device,
                                                             self._onnx_directory(),
                                                             None if weights == RANDOM else self._source(name, weights))
         return self._loaded[key]
@@ -239,8 +245,8 @@ def resolve_device(device: str) -> Any:
     return resolved
 
 
-def _build(name: str, weights: str, trace: bool = True, device: Any = None, onnx_dir: Any = None,
-           source: Any = None) -> LoadedModel:
+def _build(name: str, weights: str, fast_path: dict[str, str] | None = None, device: Any = None,
+           onnx_dir: Any = None, source: Any = None) -> LoadedModel:
     import time
 
     import torch
@@ -265,22 +271,23 @@ def _build(name: str, weights: str, trace: bool = True, device: Any = None, onnx
         device=device,
     )
     size = loaded.input_size
-    loaded.step = net
     if onnx_dir is not None:  # MOVINET_BACKEND=onnxruntime: exported at load, checked equal to torch
         from model.export import onnx_stream_step
 
         loaded.step = onnx_stream_step(net.cpu(), (size, size), onnx_dir, threads=torch.get_num_threads())
         net.to(device)
-    elif trace:  # one-frame calls in TorchScript: no GIL held during a forward (docs/benchmarks.md)
-        from model.optimize import trace_frame_step
+    else:  # the fastest path that agrees with the model (docs/benchmarks.md#fast-stream-paths)
+        from model.optimize import for_streaming
 
-        loaded.step = trace_frame_step(net, size, size)
+        loaded.step = for_streaming(net, device, height=size, width=size, **(fast_path or {}))
     with torch.inference_mode():  # warm up: first calls allocate and pick kernels
         for batch in (1, 2, 4):
-            state = net.init_state(batch, size, size)
+            state = loaded.init_state(batch)
             for _ in range(3):
                 _, state = loaded.step(torch.zeros(batch, 3, 1, size, size, device=device), state)
+    path = loaded.describe()
     log.info(kv("model_loaded", model=name, weights=weights, input_size=loaded.input_size,
-                frame_rate=loaded.frame_rate, clip_frames=loaded.clip_frames,
+                frame_rate=loaded.frame_rate, clip_frames=loaded.clip_frames, path=path.get("backend"),
+                precision=path.get("precision"), compiling=path.get("compiling"),
                 seconds=time.perf_counter() - started))
     return loaded

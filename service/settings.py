@@ -62,11 +62,23 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="Where models run: auto (the first CUDA GPU if torch sees one, "
                         "else the CPU), cpu, cuda or cuda:N.")
     backend: Literal["torch", "onnxruntime"] = Field(
-        "torch", description="What runs the one-frame forwards: torch (the traced graph), or onnxruntime (the "
-        "model exported to ONNX at load, checked equal to torch within 1e-4; CUDA provider when there is one).")
-    trace_inference: bool = Field(
-        True, description="Run one-frame forwards as a TorchScript trace (same outputs; no GIL held while "
-        "it runs, so decoding and the sockets go on meanwhile).")
+        "torch", description="What runs the one-frame forwards: torch (model.optimize.for_streaming's fastest "
+        "path that agrees with the model), or onnxruntime (the model exported to ONNX at load, checked equal "
+        "to torch within 1e-4; CUDA provider when there is one).")
+    torch_path: Literal["auto", "compiled", "graph", "trace", "eager"] = Field(
+        "auto", description="The torch path (for_streaming's backend): auto = the compiled graph once built "
+        "(see compile), else the eager one-frame graph (channels-last, BN folded); every path is checked "
+        "against the model at load and gives way to the next if it differs.")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="Arithmetic of the forwards. fp32 (default): the model's logits to float rounding "
+        "(~1e-7) whatever the batch, so a session replayed after a failover gets the calm run's labels. "
+        "bf16 / auto (bf16 where the CPU has it natively): faster at large batches, half the state bytes, "
+        "top-1 equal to fp32 on >= 99.5 % of frames (docs/benchmarks.md).")
+    compile: Literal["off", "background", "now"] = Field(
+        "off", description="Build the compiled path (torch.compile, inductor C++): off (default: the eager "
+        "one-frame graph; at the batches a loaded worker runs the compiled graph is no faster, and a first "
+        "build costs minutes of a core), background (serve with the eager graph meanwhile, switch when it "
+        "passes its check; 1.5x faster forwards at 1 and 8 sessions), now (before the model counts as loaded).")
 
     # Access.
     api_keys: Annotated[list[str], NoDecode] = Field(

@@ -94,8 +94,9 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
                                            **({"socket_timeout": settings.redis_socket_timeout_s}
                                               if settings.redis_url else {}))
         state.registry = registry = ModelRegistry(settings.model, settings.weights, settings.allow_random_weights,
-                                                 trace=settings.trace_inference, device=settings.device,
-                                                 backend=settings.backend, weights_dir=settings.weights_dir)
+                                                 device=settings.device, backend=settings.backend,
+                                                 weights_dir=settings.weights_dir, torch_path=settings.torch_path,
+                                                 precision=settings.precision, compile=settings.compile)
         state.inference = inference = None
         if role in ("serve", "worker"):
             state.inference = inference = InferenceLoop(settings, store, registry, metrics)

@@ -42,7 +42,7 @@ class StateBank:
         self.window = window
         self.rows_per_session = 1 if window is None else 2
         self._template = {k: v[:1].clone() for k, v in template.items()}
-        self.state = {k: v.new_zeros((capacity, *v.shape[1:])) for k, v in self._template.items()}
+        self.state = {k: _rows_like(v, capacity) for k, v in self._template.items()}
         self._free = list(range(capacity - 1, -1, -1))
         self._released: list[int] = []  # freed, not yet reusable
         self._lock = threading.Lock()  # free() comes from the event loop, the rest from the inference thread
@@ -74,7 +74,7 @@ class StateBank:
 
     def _grow(self, extra: int) -> None:
         old = self.capacity
-        self.state = {k: torch.cat([v, v.new_zeros((extra, *v.shape[1:]))]) for k, v in self.state.items()}
+        self.state = {k: _rows_like(v, old + extra, v) for k, v in self.state.items()}
         self._free.extend(range(old + extra - 1, old - 1, -1))
 
     def _reset(self, rows: list[int]) -> None:
@@ -167,6 +167,19 @@ class StateBank:
                 value[row : row + 1].copy_(state[key].to(value.device, value.dtype))
             stream.counts[r] = slot.counts[r]
         stream.frames_seen = slot.frames_seen
+
+
+def _rows_like(template: torch.Tensor, rows: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Zeros for ``rows`` streams in ``template``'s dtype, device and memory format (the fast paths
+    keep stream buffers channels-last: a bank in that layout hands them over without a copy), with
+    ``keep``'s rows first."""
+    out = template.new_zeros((rows, *template.shape[1:]))
+    if template.dim() == 5 and not template.is_contiguous() \
+            and template.is_contiguous(memory_format=torch.channels_last_3d):
+        out = out.contiguous(memory_format=torch.channels_last_3d)
+    if keep is not None:
+        out[: keep.shape[0]].copy_(keep)
+    return out
 
 
 def smooth(previous: np.ndarray | None, probs: np.ndarray, smoothing: float) -> np.ndarray:

@@ -77,10 +77,8 @@ class Runner:
     def bank(self, session: SessionState) -> StateBank:
         bank = self._banks.get(session.group)
         if bank is None:
-            loaded = session.model
-            size = loaded.input_size
             with torch.inference_mode():
-                template = loaded.net.init_state(1, size, size)
+                template = session.model.init_state(1)  # in the layout and dtype the step reads
             bank = self._banks[session.group] = StateBank(template, session.window)
         return bank
 

@@ -25,7 +25,7 @@ def anyio_backend():
 
 @pytest.fixture(scope="module")
 def loaded():
-    registry = ModelRegistry("movinet_test_stream", None, allow_random_weights=True, trace=False, device="cpu")
+    registry = ModelRegistry("movinet_test_stream", None, allow_random_weights=True, device="cpu", )
     return asyncio.run(registry.load("movinet_test_stream", "random"))
 
 

@@ -29,11 +29,11 @@ def anyio_backend():
 
 @pytest.fixture(scope="module")
 def registry():
-    return ModelRegistry("movinet_test_stream", None, allow_random_weights=True, trace=False, device="cpu")
+    return ModelRegistry("movinet_test_stream", None, allow_random_weights=True, device="cpu", )
 
 
 def settings(**overrides) -> Settings:
-    return Settings(model="movinet_test_stream", allow_random_weights=True, trace_inference=False,
+    return Settings(model="movinet_test_stream", allow_random_weights=True,
                     checkpoint_every=4, release_idle_s=60, **overrides)
 
 
@@ -138,7 +138,7 @@ async def test_a_second_worker_resumes_from_the_checkpoint_with_the_same_labels(
 async def test_the_onnxruntime_backend_gives_the_labels_of_torch(registry):
     """MOVINET_BACKEND=onnxruntime: the model exported at load, the same labels seq by seq."""
     pytest.importorskip("onnxruntime")
-    onnx = ModelRegistry("movinet_test_stream", None, allow_random_weights=True, trace=False, device="cpu",
+    onnx = ModelRegistry("movinet_test_stream", None, allow_random_weights=True, device="cpu",
                          backend="onnxruntime")
     runs = {}
     for name, models in (("torch", registry), ("onnxruntime", onnx)):

@@ -134,23 +134,27 @@ class ModelRegistry:
             weights = self.weights_of(name)
             if not weights:
                 continue
+            # the facts of the weights a session gets by default (the loaded ones once loaded): trained
+            # weights carry their own size, rate and window in their file
+            tag = self.default_weights if name == self.default_model and self.default_weights in weights else weights[0]
+            loaded = next((self._loaded[f"{name}:{t}"] for t in [tag, *weights] if f"{name}:{t}" in self._loaded), None)
             info = model.model_info(name)
-            if weights[0] != RANDOM:  # the facts of trained weights travel in their file
-                meta = read_metadata(self._source(name, weights[0]))["info"]
+            if loaded is not None:
+                info = dataclasses.replace(info, input_size=loaded.input_size, frame_rate=loaded.frame_rate,
+                                           clip_frames=loaded.clip_frames)
+            elif tag != RANDOM:
+                meta = read_metadata(self._source(name, tag))["info"]
                 info = dataclasses.replace(info, **{k: meta[k] for k in ("input_size", "frame_rate", "clip_frames")})
             entry: dict[str, Any] = {
                 "name": name, "weights": weights, "default": name == self.default_model,
                 "input_size": info.input_size, "frame_rate": info.frame_rate, "clip_frames": info.clip_frames,
-                "loaded": False,
+                "loaded": loaded is not None,
             }
-            for tag in weights:
-                loaded = self._loaded.get(f"{name}:{tag}")
-                if loaded is not None:
-                    runtime = loaded.describe()
-                    entry.update(loaded=True, num_classes=len(loaded.labels),
-                                 runtime={key: runtime.get(key) for key in
-                                          ("backend", "precision", "compiling", "compiled_batch_sizes")})
-                    break
+            if loaded is not None:
+                runtime = loaded.describe()
+                entry.update(num_classes=len(loaded.labels),
+                             runtime={key: runtime.get(key) for key in
+                                      ("backend", "precision", "compiling", "compiled_batch_sizes")})
             entries.append(entry)
         return entries
 

@@ -172,6 +172,9 @@ def test_serve_with_a_weights_file_takes_its_model(tmp_path, monkeypatch):
     with cli_server(tmp_path / "serve.log", "--weights", str(path)) as server:
         (entry,) = [e for e in httpx.get(server.http + "/models").json()["models"] if e["name"] == NAME]
         assert "mine" in entry["weights"] and entry["loaded"]
+        # the facts of the weights sessions get, not of the model's other (bundled) weights
+        assert (entry["input_size"], entry["clip_frames"], entry["num_classes"]) == \
+            (net.info.input_size, net.info.clip_frames, 3)
         session = httpx.post(server.http + "/sessions", json={}, timeout=30).json()
         assert session["weights"] == "mine"
         labels = httpx.get(server.http + f"/models/{NAME}/labels", params={"weights": "mine"}).json()

@@ -77,12 +77,22 @@ def main() -> int:
     for name, step in paths.items():
         probs = stream(step, net, video, args.window)
         diff = (probs - reference).abs().amax(-1).flatten()
+        differ = (probs.argmax(-1) != reference.argmax(-1)).flatten()
+        top2 = reference.flatten(0, 1).topk(2, dim=-1).values
+        changes = torch.zeros_like(truth, dtype=torch.bool)
+        changes[1:] = truth[1:] != truth[:-1]  # a change of motion in the video ...
+        recent = torch.stack([changes[max(0, t - args.window + 1): t + 1].any(0) for t in range(len(changes))])
         results["paths"][name] = {
             "backend": step.backend,
             "top1_agreement": round((probs.argmax(-1) == reference.argmax(-1)).float().mean().item(), 5),
             "max_prob_diff": round(diff.max().item(), 5),
             "p99_prob_diff": round(diff.quantile(0.99).item(), 5),
             "accuracy": round((probs.argmax(-1) == truth).float().mean().item(), 4),
+            "frames_differing": int(differ.sum()),
+            # fp32's top-1 minus top-2 probability where the labels differ, and whether a change
+            # of motion lies within the window before that frame
+            "fp32_margins_where_differing": [round(m, 4) for m in (top2[differ, 0] - top2[differ, 1]).tolist()],
+            "within_a_window_of_a_change": recent.flatten()[differ].tolist(),
         }
         print(json.dumps({name: results["paths"][name]}), flush=True)
     print(json.dumps(results))

@@ -11,7 +11,9 @@ their streams, the paths interleaved call by call so that a busy machine slows t
   service ran before ``for_streaming``);
 * ``graph`` / ``graph-bf16``: ``model.optimize.FrameGraph`` run eagerly;
 * ``compiled`` / ``compiled-bf16``: the FrameGraph through inductor, static graphs for
-  ``--compiled-sizes``, larger batches in chunks (what ``for_streaming`` picks when it compiles).
+  ``--compiled-sizes`` (default: for_streaming's, per precision), other batches in chunks or
+  on the eager graph;
+* ``auto``: what ``for_streaming(net, compile="now")`` picks on this machine.
 
 Printed per path and batch: wall ms per call (median and min of ``--repeats``), ms per
 session-frame, session-frames/s, the speed-up over ``eager`` (medians), and the CPU time of the
@@ -37,7 +39,7 @@ import torch  # noqa: E402
 import model  # noqa: E402
 from model.optimize import for_streaming  # noqa: E402
 
-ALL_PATHS = ("eager", "trace", "graph", "graph-bf16", "compiled", "compiled-bf16")
+ALL_PATHS = ("eager", "trace", "graph", "graph-bf16", "compiled", "compiled-bf16", "auto")
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 1024) -> float:
@@ -84,7 +86,7 @@ class _Reference:
         return self.net.init_state(batch, height, width)
 
 
-def build_paths(names: list[str], size: int, compiled_sizes: list[int], freeze: bool) -> tuple[dict, dict]:
+def build_paths(names: list[str], size: int, compiled_sizes: list[int] | None, freeze: bool) -> tuple[dict, dict]:
     net = model.create_model("movinet_a0_stream").eval()
     paths, build_seconds = {}, {}
     for name in names:
@@ -96,6 +98,8 @@ def build_paths(names: list[str], size: int, compiled_sizes: list[int], freeze: 
             paths[name] = for_streaming(net, backend="trace", height=size, compile="off")
         elif name.startswith("graph"):
             paths[name] = for_streaming(net, precision=precision, backend="graph", height=size, compile="off")
+        elif name == "auto":
+            paths[name] = for_streaming(net, height=size, compile="now")
         elif name.startswith("compiled"):
             step = for_streaming(net, precision=precision, backend="compiled", height=size, compile="now",
                                  batch_sizes=compiled_sizes, freeze=freeze)
@@ -189,7 +193,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20, help="calls per path and batch (interleaved)")
     parser.add_argument("--paths", nargs="+", default=list(ALL_PATHS), choices=ALL_PATHS)
-    parser.add_argument("--compiled-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--compiled-sizes", type=int, nargs="+", help="default: for_streaming's per precision")
     parser.add_argument("--freeze", action="store_true", help="compile with inductor freezing (not cached)")
     parser.add_argument("--gil", type=int, metavar="BATCH", help="also probe the GIL during forwards at this batch")
     parser.add_argument("--json", help="write the results here too")

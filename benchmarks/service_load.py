@@ -62,11 +62,13 @@ async def run_client(url: str, body: dict, frames: list[bytes], fps: float, dura
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with httpx.AsyncClient(timeout=60) as http:
         response = await http.post(f"{url}/sessions", json=body, headers=headers)
+        if response.status_code in (429, 503):  # admission control: the server says it is full
+            return {"sent": 0, "results": 0, "errors": 0, "dropped": 0, "refused": 1, "latencies": []}
         response.raise_for_status()
         session = response.json()
     sent: dict[int, float] = {}
     latencies: list[float] = []
-    stats = {"sent": 0, "results": 0, "errors": 0, "dropped": 0}
+    stats = {"sent": 0, "results": 0, "errors": 0, "dropped": 0, "refused": 0}
     offset = random.randrange(len(frames))
     await asyncio.sleep(random.random() / fps)  # stagger the clients within a frame period
     async with connect(f"{session['frames_url']}?token={session['token']}", max_size=None) as ws:
@@ -128,6 +130,11 @@ def server_counters(url: str) -> dict[str, float]:
 
 async def run_level(url: str, sessions: int, body: dict, frames: list[bytes], fps: float, duration: float,
                     warmup: float, api_key: str | None) -> dict:
+    for _ in range(60):  # the last level's backlog drained: the server admits sessions again
+        async with httpx.AsyncClient(timeout=10) as http:
+            if (await http.get(f"{url}/readyz")).status_code == 200:
+                break
+        await asyncio.sleep(1.0)
     before, started = server_counters(url), time.monotonic()
     outcomes = await asyncio.gather(*(run_client(url, body, frames, fps, duration, warmup, api_key)
                                       for _ in range(sessions)))
@@ -143,6 +150,7 @@ async def run_level(url: str, sessions: int, body: dict, frames: list[bytes], fp
         "labelled": results,
         "dropped": sum(o["dropped"] for o in outcomes),
         "errors": sum(o["errors"] for o in outcomes),
+        "refused": sum(o["refused"] for o in outcomes),  # 503/429 at POST /sessions: admission said full
         "p50_ms": float(np.percentile(latencies, 50)) if latencies.size else None,
         "p99_ms": float(np.percentile(latencies, 99)) if latencies.size else None,
         "max_ms": float(latencies.max()) if latencies.size else None,
@@ -159,10 +167,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_compiled(url: str, api_key: str | None, timeout: float = 900.0) -> dict | None:
+    """Wait until the default model no longer builds a compiled path (``GET /models``); its runtime."""
+    deadline = time.monotonic() + timeout
+    while True:
+        models = httpx.get(f"{url}/models", timeout=10).json()["models"]
+        runtime = next((m.get("runtime") for m in models if m["default"]), None)
+        if not (runtime or {}).get("compiling") or time.monotonic() > deadline:
+            print(f"runtime: {runtime}", flush=True)
+            return runtime
+        time.sleep(1.0)
+
+
 def spawn_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    # shipped defaults, but for the per-client quota: this one client on one address stands in for
+    # many cameras
     env = {**os.environ, "MOVINET_PORT": str(port), "MOVINET_LOG_LEVEL": "warning",
-           "MOVINET_MAX_SESSIONS": "256"}
+           "MOVINET_MAX_SESSIONS_PER_CLIENT": "0"}
     if args.torch_threads is not None:
         env["MOVINET_TORCH_THREADS"] = str(args.torch_threads)
     if args.weights == "random":
@@ -200,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--stop-after-fail", action="store_true", help="stop at the first level not held")
+    parser.add_argument("--profile", type=Path, help="record the spawned server with py-spy during the last "
+                        "level into this file (raw format) and print where its CPU went")
+    parser.add_argument("--no-wait-compiled", action="store_true",
+                        help="measure at once, also while a compiled path is still being built")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args(argv)
 
@@ -208,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if url is None:
         process, url = spawn_server(args)
     try:
+        runtime = None if args.no_wait_compiled else wait_compiled(url, args.api_key)
         frames = load_frames(args.video, args.fps)
         body: dict = {"model": args.model}
         if args.weights:
@@ -215,22 +242,33 @@ def main(argv: list[str] | None = None) -> int:
         levels, held = [], 0
         print(f"server {url}, {len(frames)} distinct frames, {args.fps:g} fps per client, "
               f"{args.duration:g} s per level, target p99 < {args.target_p99_ms:g} ms", flush=True)
-        for sessions in args.sessions:
+        for number, sessions in enumerate(args.sessions):
+            spy = None
+            if args.profile and process is not None and number == len(args.sessions) - 1:
+                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(process.pid), "-d", str(int(args.duration)),
+                                        "-r", "100", "--threads", "--nonblocking", "-f", "raw",
+                                        "-o", str(args.profile)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             level = asyncio.run(run_level(url, sessions, body, frames, args.fps, args.duration, args.warmup,
                                           args.api_key))
-            level["held"] = (level["dropped"] == 0 and level["errors"] == 0 and level["labelled"] >= level["sent"]
+            level["held"] = (level["dropped"] == 0 and level["errors"] == 0 and level["refused"] == 0
+                             and level["labelled"] >= level["sent"]
                              and level["p99_ms"] is not None and level["p99_ms"] < args.target_p99_ms)
             levels.append(level)
+            if spy is not None:
+                spy.wait(60)
+                from profile_summary import summary
+
+                print(summary(args.profile), flush=True)
             print(f"{sessions:4d} sessions: p50 {level['p50_ms'] or float('nan'):7.1f} ms  "
                   f"p99 {level['p99_ms'] or float('nan'):7.1f} ms  max {level['max_ms'] or float('nan'):7.1f} ms  "
-                  f"labelled {level['labelled']}/{level['sent']}  dropped {level['dropped']}  "
+                  f"labelled {level['labelled']}/{level['sent']}  dropped {level['dropped']}  refused {level['refused']}  "
                   f"batch {level['mean_batch'] or 0:4.1f}  forward {level['forward_ms'] or 0:6.1f} ms  "
                   f"busy {level['forward_busy']:4.0%}  {'held' if level['held'] else 'NOT held'}", flush=True)
             if level["held"]:
                 held = max(held, sessions)
             elif args.stop_after_fail:
                 break
-        summary = {"url": url, "model": args.model, "weights": args.weights, "fps": args.fps,
+        summary = {"url": url, "model": args.model, "runtime": runtime, "weights": args.weights, "fps": args.fps,
                    "target_p99_ms": args.target_p99_ms, "max_sessions_held": held, "levels": levels,
                    "cpus": os.cpu_count()}
         print(json.dumps({k: v for k, v in summary.items() if k != "levels"}))

@@ -13,7 +13,9 @@ their streams, the paths interleaved call by call so that a busy machine slows t
 * ``compiled`` / ``compiled-bf16``: the FrameGraph through inductor, static graphs for
   ``--compiled-sizes`` (default: for_streaming's, per precision), other batches in chunks or
   on the eager graph;
-* ``auto``: what ``for_streaming(net, compile="now")`` picks on this machine.
+* ``auto``: what ``for_streaming(net, compile="now")`` picks on this machine;
+* ``service``: what the service runs with its shipped defaults (``for_streaming(net, precision="fp32",
+  compile="off")``).
 
 Printed per path and batch: wall ms per call (median and min of ``--repeats``), ms per
 session-frame, session-frames/s, the speed-up over ``eager`` (medians), and the CPU time of the
@@ -39,7 +41,7 @@ import torch  # noqa: E402
 import model  # noqa: E402
 from model.optimize import for_streaming  # noqa: E402
 
-ALL_PATHS = ("eager", "trace", "graph", "graph-bf16", "compiled", "compiled-bf16", "auto")
+ALL_PATHS = ("eager", "trace", "graph", "graph-bf16", "compiled", "compiled-bf16", "auto", "service")
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 1024) -> float:
@@ -98,6 +100,8 @@ def build_paths(names: list[str], size: int, compiled_sizes: list[int] | None, f
             paths[name] = for_streaming(net, backend="trace", height=size, compile="off")
         elif name.startswith("graph"):
             paths[name] = for_streaming(net, precision=precision, backend="graph", height=size, compile="off")
+        elif name == "service":
+            paths[name] = for_streaming(net, precision="fp32", height=size, compile="off")
         elif name == "auto":
             paths[name] = for_streaming(net, height=size, compile="now")
         elif name.startswith("compiled"):

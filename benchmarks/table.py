@@ -8,8 +8,9 @@ Runs, one after the other, each in its own process so that one's threads and cac
 the next:
 
 1. ``benchmarks/fast_path.py`` for A0 stream at 172x172 (the official size, random weights):
-   latency of one session and throughput at 1/8/64/256 sessions for the plain eager reference
-   and the path ``for_streaming`` picks, with the state bytes per session;
+   latency of one session and throughput at 1/8/64/256 sessions for the plain eager reference,
+   the service's path (fp32, no compile) and the path ``for_streaming`` picks here (``auto``:
+   bf16 and compiled where they pass), with the state bytes per session;
 2. the same at 64x64 for the bundled motion model's size (what the embedded service runs);
 3. ``benchmarks/service_load.py``: the embedded service with its shipped defaults, the bundled
    model, clients on this machine at 5 fps: the most sessions held with p99 < 300 ms and no drop.
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     batches = ["1", "8", "64"] if args.quick else ["1", "8", "64", "256"]
     repeats = ["--repeats", "5" if args.quick else "15"]
-    paths = ["--paths", "eager", "auto"]
+    paths = ["--paths", "eager", "service", "auto"]
     print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}", flush=True)
     results: dict = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()}

@@ -2,17 +2,20 @@
 
     python benchmarks/redis_pool.py                    # everything, default settings, bundled A0
     python benchmarks/redis_pool.py --quick            # shorter runs
-    python benchmarks/redis_pool.py --only failover    # one part: state, traffic, capacity, failover
+    python benchmarks/redis_pool.py --only failover    # one part: state, frames, traffic, capacity, failover
+    python benchmarks/redis_pool.py --only traffic --env MOVINET_CHECKPOINT_EVERY=150   # other pool settings
 
 It starts its own ``redis-server`` on a free port and ``movinet-service gateway`` / ``worker``
 processes (the commands the deployment runs) with the default pool settings unless told
 otherwise, streams the motion test video in real time at the model's 5 fps, and measures:
 
+* **frames**: bytes of one logged model frame (64 and 172 px), raw uint8 and losslessly compressed;
 * **state**: checkpoint bytes of one A0 session (the bundled 64 px model's windowed slot, and the
   official 172 px A0 for comparison): float32, float16, and float32 + zlib;
-* **traffic**: Redis network bytes (``INFO stats``: in + out) per stream-second, with every
-  component of the pool reading and writing it (frames in, takes, commits, checkpoints, results
-  out to the client);
+* **traffic**: Redis network bytes (``INFO stats``: in + out), commands and server CPU time
+  (``INFO commandstats``) per stream-second, with every component of the pool reading and writing
+  it (frames in, takes, commits, checkpoints, results out to the client): what a shard's capacity
+  in cameras is computed from (docs/deploy.md);
 * **capacity**: the most sessions one worker holds in real time (no drops, p99 under the target);
 * **failover**: SIGKILL the worker holding a streaming session; the time from the kill to the
   client's next label (another worker resumes from the checkpoint and replays the log).
@@ -74,6 +77,45 @@ def state_sizes() -> dict:
     return out
 
 
+def frame_sizes(sizes: tuple[int, ...] = (64, 172), limit: int = 150) -> dict:
+    """Bytes of one logged model frame (uint8 RGB, fitted as the gateway fits it) of the test
+    video at 5 fps: raw, zlib level 1 and 6 (lossless), zlib of the difference to the previous
+    frame (what a delta-coded log would store; not done: a trimmed log must replay on its own),
+    and JPEG quality 90 of the fitted frame (lossy, for comparison)."""
+    import io
+
+    import av
+    from PIL import Image
+
+    from model.preprocess import TimestampResampler, fit_frame
+
+    out = {}
+    for size in sizes:
+        resampler, rows, previous = TimestampResampler(5.0), [], None
+        with av.open(str(service_load.DEFAULT_VIDEO)) as container:
+            for frame in container.decode(video=0):
+                if len(rows) >= limit:
+                    break
+                if not resampler.push(float(frame.pts * frame.time_base)):
+                    continue
+                fitted = np.ascontiguousarray(fit_frame(frame.to_ndarray(format="rgb24"), size))
+                raw = fitted.tobytes()
+                delta = (fitted.astype(np.int16) - previous).astype(np.uint8).tobytes() if previous is not None else raw
+                previous = fitted.astype(np.int16)
+                jpeg = io.BytesIO()
+                Image.fromarray(fitted).save(jpeg, "JPEG", quality=90)
+                rows.append((len(raw), len(zlib.compress(raw, 1)), len(zlib.compress(raw, 6)), len(zlib.compress(delta, 1)),
+                             len(jpeg.getvalue())))
+        mean = np.asarray(rows, dtype=np.float64).mean(axis=0)
+        out[f"{size}px"] = {"frames": len(rows), "raw_bytes": round(mean[0]), "zlib1_bytes": round(mean[1]),
+                            "zlib6_bytes": round(mean[2]), "delta_zlib1_bytes": round(mean[3]),
+                            "jpeg90_bytes": round(mean[4]), "zlib1_ratio": round(mean[0] / mean[1], 2)}
+        print(f"frame {size}x{size}: raw {mean[0] / 1e3:.1f} kB, zlib-1 {mean[1] / 1e3:.1f} kB, zlib-6 "
+              f"{mean[2] / 1e3:.1f} kB, delta+zlib-1 {mean[3] / 1e3:.1f} kB, JPEG q90 (lossy) {mean[4] / 1e3:.1f} kB "
+              f"({len(rows)} frames)", flush=True)
+    return out
+
+
 class PoolProcs:
     def __init__(self, redis: RedisServer, workdir: Path, env: dict[str, str]) -> None:
         self.redis, self.workdir, self.env = redis, workdir, env
@@ -108,24 +150,53 @@ class PoolProcs:
                 process.wait(10)
 
 
-def redis_bytes(redis: RedisServer) -> int:
+def redis_counters(redis: RedisServer) -> tuple[int, dict[str, tuple[int, int]], float]:
+    """Network bytes in + out; per command (``INFO commandstats``: commands inside scripts are
+    counted too, and a script's time includes theirs) its calls and µs; Redis' CPU seconds."""
     import redis as redis_py
 
-    info = redis_py.Redis.from_url(redis.url).info("stats")
-    return int(info["total_net_input_bytes"]) + int(info["total_net_output_bytes"])
+    client = redis_py.Redis.from_url(redis.url)
+    info = client.info("stats")
+    cpu = client.info("cpu")
+    commands = {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+                for name, v in client.info("commandstats").items()}
+    client.close()
+    return (int(info["total_net_input_bytes"]) + int(info["total_net_output_bytes"]), commands,
+            float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
+
+
+# Commands the service sends itself (the others run inside its scripts): requests per stream.
+CLIENT_COMMANDS = {"xread", "xrange", "xrevrange", "zadd", "zrem", "zrangebyscore", "zcount", "zcard", "hgetall",
+                   "hmget", "hget", "get", "set", "mget", "client|id", "client|list", "xadd", "del", "scan"}
 
 
 def traffic(pool: PoolProcs, gateway: str, frames: list[bytes], sessions: int, duration: float) -> dict:
-    before, started = redis_bytes(pool.redis), time.monotonic()
+    (bytes_before, commands_before, cpu_before), started = redis_counters(pool.redis), time.monotonic()
     level = asyncio.run(service_load.run_level(gateway, sessions, {}, frames, 5.0, duration, 0.0, None))
     elapsed = time.monotonic() - started
-    spent = redis_bytes(pool.redis) - before
+    bytes_after, commands_after, cpu_after = redis_counters(pool.redis)
+    cpu_us = (cpu_after - cpu_before) * 1e6 / elapsed / sessions
+    spent = bytes_after - bytes_before
     per_stream = spent / elapsed / sessions
-    print(f"traffic: {sessions} streams x {duration:.0f} s: {per_stream / 1e3:.1f} kB/s of Redis traffic per "
-          f"5-fps stream (labelled {level['labelled']}/{level['sent']}, dropped {level['dropped']})", flush=True)
+    calls = {name: (c - commands_before.get(name, (0, 0))[0], u - commands_before.get(name, (0, 0))[1])
+             for name, (c, u) in commands_after.items()}
+    calls = {name: cu for name, cu in calls.items() if cu[0] > 0 and name not in ("info",)}
+    ops = sum(c for c, _ in calls.values()) / elapsed / sessions  # inner commands of scripts included
+    scripts = calls.get("evalsha", (0, 0))[0] / elapsed / sessions
+    requests = scripts + sum(c for name, (c, _) in calls.items() if name in CLIENT_COMMANDS) / elapsed / sessions
+    print(f"traffic: {sessions} streams x {duration:.0f} s: {per_stream / 1e3:.1f} kB/s of Redis traffic, "
+          f"{requests:.1f} requests/s ({scripts:.1f} scripts), {cpu_us:.0f} µs/s of Redis CPU per 5-fps stream "
+          f"(labelled {level['labelled']}/{level['sent']}, dropped {level['dropped']})", flush=True)
+    top = sorted(calls.items(), key=lambda item: -item[1][1])[:8]
+    print("  by command (calls/s, µs/s per stream): " + ", ".join(
+        f"{name} {c / elapsed / sessions:.1f} / {u / elapsed / sessions:.0f}" for name, (c, u) in top), flush=True)
     return {"sessions": sessions, "seconds": round(elapsed, 1), "redis_bytes": spent,
-            "bytes_per_stream_second": round(per_stream), "labelled": level["labelled"], "sent": level["sent"],
-            "dropped": level["dropped"]}
+            "bytes_per_stream_second": round(per_stream), "requests_per_stream_second": round(requests, 1),
+            "scripts_per_stream_second": round(scripts, 1), "commands_incl_in_scripts_per_stream_second": round(ops, 1),
+            "redis_cpu_us_per_stream_second": round(cpu_us), "by_command": {
+                name: {"calls_per_stream_second": round(c / elapsed / sessions, 2),
+                       "us_per_stream_second": round(u / elapsed / sessions)} for name, (c, u) in top},
+            "labelled": level["labelled"], "sent": level["sent"], "dropped": level["dropped"]}
 
 
 def worker_holding(redis: RedisServer, session_id: str, workers: list) -> tuple[str, int, subprocess.Popen]:
@@ -206,22 +277,29 @@ def capacity(gateway: str, frames: list[bytes], levels: list[int], duration: flo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("state", "traffic", "capacity", "failover"), action="append")
+    parser.add_argument("--only", choices=("state", "frames", "traffic", "capacity", "failover"), action="append")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the gateway and worker (e.g. MOVINET_CHECKPOINT_EVERY=150)")
     parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test of the script)")
     parser.add_argument("--levels", type=int, nargs="+", default=[2, 4, 8, 12, 16])
     parser.add_argument("--target-p99-ms", type=float, default=300.0)
     parser.add_argument("--torch-threads", type=int, default=0, help="worker torch threads (0 = torch default)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of each traffic level")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4], help="traffic levels (streams at once)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    parts = set(args.only or ("state", "traffic", "capacity", "failover"))
-    summary: dict = {"settings": "defaults: lease 2000 ms, checkpoint every 25 frames, fp32 checkpoints"}
+    parts = set(args.only or ("state", "frames", "traffic", "capacity", "failover"))
+    summary: dict = {"settings": "defaults: lease 2000 ms, checkpoint every 25 frames, fp32 checkpoints"
+                     + "".join(f", {item}" for item in args.env)}
     if "state" in parts:
         summary["state"] = state_sizes()
-    if parts - {"state"}:
+    if "frames" in parts:
+        summary["frames"] = frame_sizes()
+    if parts - {"state", "frames"}:
         frames = service_load.load_frames(service_load.DEFAULT_VIDEO, 5.0)
         with tempfile.TemporaryDirectory() as tmp:
             redis = RedisServer(Path(tmp) / "redis").start()
-            env = {"MOVINET_LOG_LEVEL": "warning"}
+            env = {"MOVINET_LOG_LEVEL": "warning", **dict(item.split("=", 1) for item in args.env)}
             if args.torch_threads:
                 env["MOVINET_TORCH_THREADS"] = str(args.torch_threads)
             pool = PoolProcs(redis, Path(tmp), env)
@@ -231,9 +309,9 @@ def main(argv: list[str] | None = None) -> int:
                 for port in (gateway_port, first[1]):
                     pool.wait_ready(port)
                 gateway = f"http://127.0.0.1:{gateway_port}"
-                duration = 8.0 if args.quick else 30.0
+                duration = 8.0 if args.quick else args.duration
                 if "traffic" in parts:
-                    summary["traffic"] = [traffic(pool, gateway, frames, n, duration) for n in (1, 4)]
+                    summary["traffic"] = [traffic(pool, gateway, frames, n, duration) for n in args.streams]
                 if "capacity" in parts:
                     levels = args.levels[:2] if args.quick else args.levels
                     summary["capacity"] = capacity(gateway, frames, levels, 10.0 if args.quick else 20.0,

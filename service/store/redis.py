@@ -95,9 +95,12 @@ class RedisStreamLog:
                   frame.height, frame.width, frame.data, str(int(frame.frame_index) + 1), session_id, now])
         if seq < 0:
             raise KeyError(f"session {session_id} is gone")
-        if self._l.split:  # after the frame: a claimer that unlisted it meanwhile checks the backlog after
-            await self._r.zadd(ready, {session_id: now}, nx=True)
         frame.seq = int(seq)
+        if self._l.split:  # after the frame: a claimer that unlisted it meanwhile checks the backlog after
+            try:
+                await self._r.zadd(ready, {session_id: now}, nx=True)
+            except (RedisError, OSError):
+                pass  # the frame is logged (not an error for the sender); the next frame lists the session
         return Appended(seq=int(seq), dropped=int(dropped))
 
     async def backlog(self, session_id: str) -> int:

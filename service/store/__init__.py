@@ -72,7 +72,8 @@ class SessionStore(Protocol):
         """Take (or renew) the session's one producer slot for ``owner``; False if another holds it.
 
         Gateways keep one frame producer per session across replicas with it; a dead gateway's
-        slot frees itself after ``ttl_ms``."""
+        slot frees itself after ``ttl_ms``. On a deleted session it keeps nothing (and says True:
+        no one else holds it), so a renewal racing the delete leaves no slot behind."""
         ...
     async def release_producer(self, session_id: str, owner: str) -> None: ...
     async def producer(self, session_id: str) -> str | None:

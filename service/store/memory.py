@@ -98,6 +98,8 @@ class MemorySessionStore:
         return [r.session_id for r in self._records.values() if r.expires_at <= now]
 
     async def claim_producer(self, session_id: str, owner: str, ttl_ms: int) -> bool:
+        if session_id not in self._records:  # deleted: no slot to keep (nothing left behind)
+            return True
         held = self._producers.get(session_id)
         now = time.monotonic()
         if held is not None and held[0] != owner and held[1] > now:

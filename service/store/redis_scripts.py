@@ -221,8 +221,10 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return #pending(KEYS[1], KEYS[4], 100000)
 """
 
-# KEYS: producer. ARGV: owner, ttl_ms. Take or renew the slot; 0 when another owner holds it.
+# KEYS: producer, session. ARGV: owner, ttl_ms. Take or renew the slot; 0 when another owner holds
+# it; 2 (and no slot) when the session is gone: a renewal after a delete must not leave a key behind.
 PRODUCER = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 2 end
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])

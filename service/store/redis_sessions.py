@@ -185,7 +185,8 @@ class RedisSessionStore:
         return [m.decode() for m, _ in await self._l.due(self._l.expiry_keys, now, 100_000)]
 
     async def claim_producer(self, session_id: str, owner: str, ttl_ms: int) -> bool:
-        return bool(await self._s.producer(keys=[keys.producer(session_id)], args=[owner, ttl_ms]))
+        return bool(await self._s.producer(keys=[keys.producer(session_id), keys.session(session_id)],
+                                           args=[owner, ttl_ms]))
 
     async def producer(self, session_id: str) -> str | None:
         owner = await self._r.get(keys.producer(session_id))

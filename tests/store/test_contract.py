@@ -127,6 +127,18 @@ async def test_one_producer_slot_per_session(make_store):
     await store.close()
 
 
+async def test_a_producer_renewal_after_the_delete_leaves_no_slot(make_store):
+    """The gateway's renewal task may run just after a DELETE: it must not bring the slot back
+    (benchmarks/soak.py found 14 producer keys of deleted sessions left in Redis)."""
+    store = make_store()
+    await store.sessions.create(record("a"))
+    assert await store.sessions.claim_producer("a", "gw1:1", 5000)
+    await store.delete_session("a")
+    assert await store.sessions.claim_producer("a", "gw1:1", 5000)  # nothing else holds it...
+    assert await store.sessions.producer("a") is None  # ...and nothing was kept
+    await store.close()
+
+
 # --- frames and backpressure ----------------------------------------------------------------------
 
 

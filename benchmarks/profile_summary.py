@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-THREAD = re.compile(r"^(?:process \d+:\"[^\"]*\";)?thread \((0x[0-9A-Fa-f]+)\)(?: \"([^\"]*)\")?")
+THREAD = re.compile(r"^(?:process \d+:\"[^\"]*\";)?thread \(([0-9A-Fa-fx]+)\)(?::? \"?([^;\"]*)\"?)?")
 
 
 def parse(path: Path) -> tuple[Counter, Counter, int]:
@@ -33,6 +33,7 @@ def parse(path: Path) -> tuple[Counter, Counter, int]:
         frames = stack.split(";")
         match = THREAD.match(stack)
         name = (match.group(2) or match.group(1)) if match else "?"
+        name = re.sub(r"_\d+$", "", name)  # inference_0, decode_1: one row per pool
         threads[name] += samples
         leaf = frames[-1] if frames else "?"
         leaves[re.sub(r" \(/[^)]*/", " (", leaf)] += samples  # no build-machine paths in the summary

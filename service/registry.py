@@ -6,7 +6,8 @@ import asyncio
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,23 @@ class LoadedModel:
     device: Any = None  # torch.device the model runs on
     # runs one-frame calls: ``model.optimize.for_streaming``'s StreamStep (or an onnxruntime step)
     step: Any = None
+    _windows: dict[int, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def key(self) -> str:
         return f"{self.name}:{self.weights}"
+
+    def windowed(self, window: int) -> Any:
+        """A ``model.streaming.WindowedStream`` over ``step`` for a window length (the reference
+        arithmetic the worker's bank follows; tests and tools compare against it)."""
+        with self._lock:
+            stream = self._windows.get(window)
+            if stream is None:
+                from model.streaming import WindowedStream
+
+                stream = self._windows[window] = WindowedStream(self.net, window=window, forward=self.step)
+            return stream
 
     def init_state(self, batch: int) -> Any:
         """Zero states for ``batch`` new streams, in the layout (and dtype) ``step`` reads."""

@@ -176,32 +176,43 @@ def ws_url(gateway: Proc, session: dict[str, Any], path: str = "stream", **query
 
 
 async def stream_frames(gateway: Proc, session: dict[str, Any], frames: list[tuple[float, bytes]],
-                        in_flight: int = 12, timeout: float = 120.0, pace_s: float = 0.0) -> list[dict[str, Any]]:
+                        in_flight: int = 12, timeout: float = 120.0, pace_s: float = 0.0,
+                        sent_at: dict[float, float] | None = None, stall_s: float = 5.0) -> list[dict[str, Any]]:
     """Send the frames (at most ``in_flight`` ahead of the results, at least ``pace_s`` apart),
-    end the stream, return every message."""
+    end the stream, return every message. Frames the gateway could not log (a store outage: one
+    ``store_unavailable`` error for many frames) never get a result: after ``stall_s`` without
+    one the window moves on, and a closed socket ends the sending. ``sent_at``: pts -> monotonic
+    send time, filled in."""
     messages: list[dict[str, Any]] = []
     async with await connect_producer(gateway, session) as ws:
         results = 0
+        last_result = time.monotonic()
         done = asyncio.Event()
 
         async def reader() -> None:
-            nonlocal results
+            nonlocal results, last_result
             async for raw in ws:
                 message = json.loads(raw)
                 messages.append(message)
                 if message["type"] == "result":
                     results += 1
+                    last_result = time.monotonic()
             done.set()
 
         task = asyncio.create_task(reader())
         for index, (pts, data) in enumerate(frames):
-            while index - results >= in_flight:
+            while index - results >= in_flight and not done.is_set() and time.monotonic() - last_result < stall_s:
                 await asyncio.sleep(0.01)
+            if done.is_set():
+                break
+            if sent_at is not None:
+                sent_at[pts] = time.monotonic()
             await ws.send(json.dumps({"type": "frame", "pts": pts}))
             await ws.send(data)
             if pace_s:
                 await asyncio.sleep(pace_s)
-        await ws.send(json.dumps({"type": "eos"}))
+        if not done.is_set():
+            await ws.send(json.dumps({"type": "eos"}))
         await asyncio.wait_for(done.wait(), timeout)
         task.cancel()
     return messages

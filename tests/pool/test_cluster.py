@@ -24,6 +24,7 @@ from tests.pool.conftest import Pool, assert_same_labels, results_of, stream_fra
 from tests.redis_cluster import RedisClusterServers, cli, tools_missing
 
 FRAMES = 40  # 8 s of the test video at 5 fps: two motions
+FAILOVER_S = 6.0  # a primary's death to a client whose writes work again: node timeout 1 s, promotion, ~2 s of TRYAGAIN
 
 pytestmark = pytest.mark.slow
 
@@ -132,11 +133,13 @@ def test_exactly_once_on_a_cluster_across_sigkills_and_a_resharding(cluster_pool
 def test_a_primary_killed_its_replica_promoted(cluster_pool):
     """SIGKILL the primary that holds a streaming session's slot: its replica is promoted within
     ~2 s (cluster-node-timeout 1 s) and the session goes on; the client sees at most store errors
-    meanwhile, never a duplicate seq. Writes the old primary acknowledged but had not yet sent
-    to its replica are lost (asynchronous replication): counted here, stated in docs/deploy.md."""
+    meanwhile, never a duplicate seq. Frames sent during the failover may be lost: at the gateway
+    while no primary answers (said to the client as ``store_unavailable``), and writes the old
+    primary acknowledged but had not yet sent to its replica (asynchronous replication): counted
+    here, stated in docs/deploy.md. Every frame sent once the failover is over is labelled."""
     pool, cluster = cluster_pool
     gateways, _ = pool.up(gateways=1, workers=2)
-    frames = video_frames(FRAMES)
+    frames = video_frames(80)  # 16 s at 0.2 s a frame: the failover ends well before the stream
     session = pool.create(gateways[0])
     slot = _slot(keys.session(session["session_id"]))
     victim_port = owner_of(cluster, slot)
@@ -144,13 +147,14 @@ def test_a_primary_killed_its_replica_promoted(cluster_pool):
     killed: list[float] = []
 
     def kill_primary() -> None:
-        time.sleep(3.0)
+        time.sleep(2.0)
         victim.kill()
         killed.append(time.monotonic())
 
     thread = threading.Thread(target=kill_primary, daemon=True)
     thread.start()
-    messages = asyncio.run(stream_frames(gateways[0], session, frames, timeout=120, pace_s=0.2))
+    sent_at: dict[float, float] = {}
+    messages = asyncio.run(stream_frames(gateways[0], session, frames, timeout=120, pace_s=0.2, sent_at=sent_at))
     thread.join(10)
     assert killed
     results = results_of(messages)
@@ -159,9 +163,12 @@ def test_a_primary_killed_its_replica_promoted(cluster_pool):
     assert messages[-1]["type"] == "eos", messages[-3:]
     new_owner = owner_of(cluster, slot)
     assert new_owner != victim_port  # the replica took the slot over
+    labelled = {round(r["pts"], 3) for r in results}
+    after = [pts for pts, at in sent_at.items() if at > killed[0] + FAILOVER_S]
+    assert after, "the stream ended before the failover was over"
+    assert [pts for pts in after if round(pts, 3) not in labelled] == []  # it went on after the failover
     status = httpx.get(f"{gateways[0].url}/sessions/{session['session_id']}",
                        params={"token": session["token"]}, timeout=10).json()
-    assert status["frames_processed"] >= FRAMES - 10, status  # it went on after the failover
     errors = [m for m in messages if m["type"] == "error"]
-    print(f"failover: {len(results)} results for {FRAMES} frames, {len(errors)} error messages, "
+    print(f"failover: {len(results)} results for {len(sent_at)} frames sent, {len(errors)} error messages, "
           f"status {status['frames_received']} received / {status['frames_processed']} processed")

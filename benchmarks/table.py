@@ -39,7 +39,7 @@ def run_json(script: str, args: list[str], timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "out.json"
         command = [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(out)]
-        print("$", " ".join(Path(c).name if c == sys.executable else c for c in command[1:]), flush=True)
+        print("$ python", f"benchmarks/{script}", *args, flush=True)
         started = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)

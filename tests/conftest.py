@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.needs import require
 from tests.redis_server import RedisServer
 
 
@@ -18,15 +19,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 def _needs_cluster_tools() -> None:
-    import os
-
     from tests.redis_cluster import tools_missing
 
-    why = tools_missing()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(f"{why} (CI=1: required)")
-        pytest.skip(why)
+    require(tools_missing())
 
 
 @pytest.fixture(scope="session")

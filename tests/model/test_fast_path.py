@@ -10,6 +10,7 @@ import torch
 import model
 from model.optimize import TOLERANCE, FrameGraph, StreamStep, for_streaming, tolerance
 from tests.model.helpers import randomized
+from tests.needs import require
 
 FRAMES = 20
 
@@ -85,13 +86,13 @@ def test_bf16_graph_is_within_its_tolerance(net):
 
 
 @pytest.mark.slow
-def test_compiled_path_equals_the_model_in_chunks(net):
-    """Static graphs for batch 1 and 2; a batch of 3 runs as 2 + 1."""
+def test_compiled_path_equals_the_model_at_its_sizes_and_others(net):
+    """Static graphs for batch 1 and 2; a batch of 3 runs on the eager graph."""
     pytest.importorskip("torch._inductor")
     step = for_streaming(net, precision="fp32", backend="compiled", height=32, width=32,
                          compile="now", batch_sizes=(1, 2))
-    if step.compile_error:
-        pytest.skip(f"no working compiler here: {step.compile_error}")
+    if step.compile_error:  # inductor needs a C++ compiler (gcc is on every CI machine)
+        require(f"no working compiler here: {step.compile_error}")
     assert step.backend == "compiled" and step.compiled_batch_sizes == (1, 2)
     for batch in (1, 3):
         assert max_logit_difference(step, net, batch, 32, 32) <= 1e-4, batch

@@ -45,11 +45,12 @@ def split_states(state: State, sizes: list[int] | None = None) -> list[State]:
 
 
 def state_to_bytes(state: State, *, half: bool = False, metadata: dict | None = None) -> bytes:
-    """Serialise ``state`` (safetensors). ``half=True`` stores float tensors as float16."""
+    """Serialise ``state`` (safetensors), every tensor in its own dtype (a bf16 stream buffer as bf16:
+    exact, half the bytes of float32). ``half=True`` stores the float32 tensors as float16 (not exact)."""
     tensors = {}
     for key, value in state.items():
         value = value.detach().to("cpu")
-        if half and value.is_floating_point():
+        if half and value.dtype == torch.float32:
             value = value.to(torch.float16)
         tensors[key] = value.contiguous()
     header = {

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.options import DropPolicy
+from service.store.frame_codec import FrameCodec
 
 
 class Settings(BaseSettings):
@@ -144,7 +145,22 @@ class Settings(BaseSettings):
         0.0, ge=0, description="Also checkpoint a session this many seconds after its last checkpoint (0: "
         "off). With a large MOVINET_CHECKPOINT_EVERY the cadence is one of time: fewer checkpoint bytes per "
         "camera, a longer replay after a takeover and a longer frame log (interval x frame rate frames).")
-    checkpoint_half: bool = Field(False, description="Store checkpoints as float16 (half the bytes, not exact).")
+    checkpoint_log_bytes: int = Field(
+        16_000_000, ge=0, description="Also checkpoint a session once the frames logged since its last "
+        "checkpoint hold more than this many bytes (as stored: see frame_codec; 0: off). A bound on each "
+        "session's frame log in Redis and on a takeover's replay whatever the cadence by frames or time; "
+        "the default (16 MB: 180 raw 172x172 frames) is never reached with checkpoint_every=25.")
+    checkpoint_half: bool = Field(False, description="Store float32 state tensors as float16 (half the bytes, "
+                                  "not exact). A bf16 worker (precision) checkpoints its bf16 tensors as bf16 "
+                                  "with or without it: exact, half of float32.")
+    frame_codec: FrameCodec = Field(
+        "raw", description="How the Redis frame log stores model frames (the gateway encodes, the worker "
+        "decodes for the live forward and any replay alike, so exactly-once holds with every codec): raw "
+        "(default: the fitted uint8 pixels, the model's exact input), png / webp-lossless (lossless, 52 % / "
+        "37 % of raw at 172 px), jpeg / webp (lossy, frame_quality; jpeg at 95: 14 % of raw, the labels "
+        "of raw on every frame of the measured clips, docs/deploy.md). The embedded store keeps raw frames.")
+    frame_quality: int = Field(95, ge=1, le=100, description="Quality of the lossy frame codecs (jpeg, webp): "
+                               "95, the JPEG quality whose labels matched raw on every measured frame.")
 
     # Storage and the worker pool.
     redis_url: str | None = Field(

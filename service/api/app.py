@@ -91,7 +91,9 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
         state.metrics = metrics = Metrics()
         state.role = role
         state.store = store = create_store(settings.redis_url, settings.results_cap,
-                                           **({"socket_timeout": settings.redis_socket_timeout_s}
+                                           **({"socket_timeout": settings.redis_socket_timeout_s,
+                                               "frame_codec": settings.frame_codec,
+                                               "frame_quality": settings.frame_quality}
                                               if settings.redis_url else {}))
         state.registry = registry = ModelRegistry(settings.model, settings.weights, settings.allow_random_weights,
                                                  device=settings.device, backend=settings.backend,

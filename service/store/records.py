@@ -37,15 +37,17 @@ class SessionRecord:
 
 @dataclass
 class Frame:
-    """One model frame waiting for inference: uint8 RGB ``height x width x 3``, already resized."""
+    """One model frame waiting for inference: uint8 RGB ``height x width x 3``, already resized (the
+    frame log may hold it encoded: ``codec``)."""
 
     pts: float | None  # seconds, from the source (container pts or client timestamp)
     frame_index: int  # index on the session's model-frame grid (model fps)
     received_at: float  # unix seconds when the gateway had the frame (for lag)
     height: int
     width: int
-    data: bytes
+    data: bytes  # the pixels in ``codec`` (service.store.frame_codec): raw uint8 RGB unless the log encodes them
     seq: int = 0  # assigned by StreamLog.append
+    codec: str = "raw"  # how ``data`` is stored: the Redis store encodes on append, the worker decodes
 
 
 @dataclass

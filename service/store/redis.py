@@ -49,6 +49,7 @@ from service.store import (
     WorkerLoad,
     keys,
 )
+from service.store.frame_codec import CODECS, encode_frame
 from service.store.redis_codec import frame_from_entry, result_from_entry, result_payload
 from service.store.redis_scripts import Scripts
 from service.store.redis_sessions import RedisSessionStore
@@ -74,10 +75,12 @@ def _look_again_ms(lease_ttl_ms: int) -> int:
 
 
 class RedisStreamLog:
-    def __init__(self, client: aioredis.Redis, scripts: Scripts, results_cap: int, layout: Layout | None = None) -> None:
+    def __init__(self, client: aioredis.Redis, scripts: Scripts, results_cap: int, layout: Layout | None = None,
+                 frame_codec: str = "raw", frame_quality: int = 95) -> None:
         self._r = client
         self._s = scripts
         self._cap = results_cap
+        self._codec, self._quality = frame_codec, frame_quality  # how appended frames are logged
         self._l = layout or Layout(client, clustered=False)
         self.heartbeats = Heartbeats(client, self._l.clustered)
         self._waits: set[asyncio.Task] = set()  # a Cluster's per-slot XREADs still running (see take_next)
@@ -87,12 +90,17 @@ class RedisStreamLog:
         return self._l
 
     async def append(self, session_id: str, frame: Frame, *, keep: int) -> Appended:
+        if self._codec != "raw" and frame.codec == "raw":  # off the event loop (Pillow releases the GIL)
+            frame.data = await asyncio.to_thread(encode_frame, frame.data, frame.height, frame.width, self._codec,
+                                                 self._quality)
+            frame.codec = self._codec
         ready = self._l.ready(session_id)
         now = _now_ms()
         seq, dropped = await self._s.append(
             keys=[keys.session(session_id), keys.frames(session_id)] + ([] if self._l.split else [ready]),
             args=[keep, "" if frame.pts is None else repr(frame.pts), frame.frame_index, repr(frame.received_at),
-                  frame.height, frame.width, frame.data, str(int(frame.frame_index) + 1), session_id, now])
+                  frame.height, frame.width, frame.data, str(int(frame.frame_index) + 1), session_id, now,
+                  "" if frame.codec == "raw" else frame.codec])
         if seq < 0:
             raise KeyError(f"session {session_id} is gone")
         frame.seq = int(seq)
@@ -355,18 +363,23 @@ class RedisStore(Store):
 MAX_CONNECTIONS = 10_000
 
 
-def redis_store(url: str, results_cap: int = 1000, socket_timeout: float = 30.0) -> RedisStore:
+def redis_store(url: str, results_cap: int = 1000, socket_timeout: float = 30.0, frame_codec: str = "raw",
+                frame_quality: int = 95) -> RedisStore:
     """A store on the Redis at ``url`` (one Redis, a Cluster or a Sentinel's primary, see
     :mod:`service.store.redis_url`; a bad URL raises ``ValueError``). Commands fail fast while
     Redis is away (the callers back off and retry); the client reconnects by itself when it is back,
-    and follows a Cluster's redirections (MOVED, ASK) and a Sentinel's failovers."""
+    and follows a Cluster's redirections (MOVED, ASK) and a Sentinel's failovers. Appended frames are
+    logged in ``frame_codec`` (:mod:`service.store.frame_codec`; what a worker reads is decoded by it)."""
+    if frame_codec not in CODECS:
+        raise ValueError(f"unknown frame codec {frame_codec!r}")
     target = parse_redis_url(url)
     client = connect(target, socket_connect_timeout=2.0, socket_timeout=socket_timeout,
                      max_connections=MAX_CONNECTIONS)
     scripts = Scripts(client)
     layout = Layout(client, clustered=target.clustered, buckets=target.buckets)
     store = RedisStore(
-        sessions=RedisSessionStore(client, scripts, layout), streams=RedisStreamLog(client, scripts, results_cap, layout),
+        sessions=RedisSessionStore(client, scripts, layout),
+        streams=RedisStreamLog(client, scripts, results_cap, layout, frame_codec, frame_quality),
         results=RedisResultLog(client, results_cap), kind="redis",
     )
     store.client = client

@@ -79,7 +79,7 @@ def frame_from_entry(entry_id: bytes, data: dict[bytes, bytes]) -> Frame:
     pts = data[b"pts"]
     return Frame(pts=None if pts == b"" else float(pts), frame_index=int(data[b"fi"]),
                  received_at=float(data[b"t"]), height=int(data[b"h"]), width=int(data[b"w"]),
-                 data=data[b"data"], seq=entry_seq(entry_id))
+                 data=data[b"data"], seq=entry_seq(entry_id), codec=data.get(b"c", b"raw").decode())
 
 
 def result_from_entry(entry_id: bytes, data: dict[bytes, bytes]) -> Result:

@@ -106,7 +106,7 @@ end
 """
 
 # KEYS: session, frames[, ready (zset): left out on a Cluster]. ARGV: keep, pts, frame_index, received_at, height, width,
-# data, next_frame_index (frame_index + 1, as a decimal string), session_id, now_ms.
+# data, next_frame_index (frame_index + 1, as a decimal string), session_id, now_ms, codec ('' = raw uint8).
 # Returns {seq, dropped}; {-1, 0} when the session is gone. One round trip: the frame, the backlog
 # policy, the record's counters and the ready set.
 APPEND = PENDING_LUA + """
@@ -117,8 +117,9 @@ local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
 if tonumber(ARGV[8]) > tonumber(redis.call('HGET', KEYS[1], 'next_frame_index') or '0') then
   redis.call('HSET', KEYS[1], 'next_frame_index', ARGV[8])
 end
-redis.call('XADD', KEYS[2], seq .. '-0', 'pts', ARGV[2], 'fi', ARGV[3], 't', ARGV[4], 'h', ARGV[5],
-           'w', ARGV[6], 'data', ARGV[7])
+local entry = {'pts', ARGV[2], 'fi', ARGV[3], 't', ARGV[4], 'h', ARGV[5], 'w', ARGV[6], 'data', ARGV[7]}
+if ARGV[11] and ARGV[11] ~= '' then table.insert(entry, 'c'); table.insert(entry, ARGV[11]) end
+redis.call('XADD', KEYS[2], seq .. '-0', unpack(entry))
 local keep = tonumber(ARGV[1])
 local taken = redis.call('HGET', KEYS[1], 'taken_seq') or '0'
 local waiting = pending(KEYS[1], KEYS[2], keep + 1000)

@@ -25,6 +25,7 @@ class Held:
     cursor: int = 0  # seq of the last frame whose result is committed (the state matches it when fed == cursor)
     fed: int = 0  # seq of the last frame fed to the model
     since_checkpoint: int = 0
+    log_bytes: int = 0  # bytes of the logged frames the last checkpoint does not cover (as stored)
     checkpointed_at: float = field(default_factory=time.monotonic)  # the last checkpoint (or the claim)
     backlog: int = 0  # frames waiting after the last commit
     webhook_url: str | None = None  # the session's events also go here

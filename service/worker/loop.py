@@ -57,6 +57,7 @@ class InferenceLoop:
         self.batch_wait_s = settings.batch_wait_ms / 1000.0
         self.checkpoint_every = settings.checkpoint_every
         self.checkpoint_interval_s = settings.checkpoint_interval_s
+        self.checkpoint_log_bytes = settings.checkpoint_log_bytes
         self.worker_id = settings.worker_id or default_worker_id()
         self.max_sessions = settings.worker_max_sessions
         self.lease_ttl_ms = settings.lease_ttl_ms
@@ -344,6 +345,7 @@ class InferenceLoop:
         # The frames the checkpoint does not cover count towards the next one, so that a session
         # taken over again and again replays at most checkpoint_every frames, not ever more.
         held.since_checkpoint = held.cursor - lease.checkpoint_seq
+        held.log_bytes = sum(len(frame.data) for frame in replay)
         self.metrics.claims.labels("resumed" if lease.checkpoint or lease.processed_seq else "new").inc()
         log.info(kv("lease_taken", worker=self.worker_id, session_id=lease.session_id, token=lease.token,
                     checkpoint_seq=lease.checkpoint_seq, processed_seq=lease.processed_seq, replayed=len(replay)))
@@ -394,8 +396,12 @@ class InferenceLoop:
     def _checkpoint_due(self, held: Held) -> bool:
         """Every ``checkpoint_every`` frames, or ``checkpoint_interval_s`` after the last one (a
         cadence by time: with a large frame count, a camera's checkpoint bytes per second no
-        longer depend on its frame rate)."""
+        longer depend on its frame rate), or once the frames logged since the last one hold more
+        than ``checkpoint_log_bytes`` (a bound on the session's frame log and a takeover's replay,
+        whatever the frame size, codec and cadence)."""
         if self.checkpoint_every and held.since_checkpoint >= self.checkpoint_every:
+            return True
+        if self.checkpoint_log_bytes and held.log_bytes > self.checkpoint_log_bytes:
             return True
         return bool(self.checkpoint_interval_s and held.since_checkpoint
                     and time.monotonic() - held.checkpointed_at >= self.checkpoint_interval_s)
@@ -405,6 +411,7 @@ class InferenceLoop:
         if self._held.get(held.session_id) is not held:
             return  # forgotten (deleted, lease lost) while the forward ran
         held.since_checkpoint += 1
+        held.log_bytes += len(frame.data)
         now = time.time()
         lag = max(0.0, now - frame.received_at)
         result = Result(seq=frame.seq, pts=frame.pts, frame_index=frame.frame_index, labels=step.labels,
@@ -421,7 +428,7 @@ class InferenceLoop:
             return
         held.cursor = frame.seq
         if checkpoint is not None:
-            held.since_checkpoint = 0
+            held.since_checkpoint = held.log_bytes = 0
             held.checkpointed_at = time.monotonic()
             self.metrics.checkpoints.inc()
             self.metrics.checkpoint_bytes.observe(len(checkpoint[1]))

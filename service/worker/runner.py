@@ -29,6 +29,7 @@ from model.state import state_and_metadata_from_bytes
 from model.streaming import Slot
 from service.registry import LoadedModel
 from service.store import Frame
+from service.store.frame_codec import decode_frame
 from service.worker.bank import StateBank, StreamRows, smooth
 from service.worker.events import EventDetector
 
@@ -104,8 +105,9 @@ class Runner:
         updates the sessions' states. Raises on a failed forward (the caller isolates it)."""
         first = steps[0].session
         loaded = first.model
-        pixels = np.stack([np.frombuffer(s.frame.data, np.uint8).reshape(s.frame.height, s.frame.width, 3)
-                           for s in steps])  # (N, H, W, 3)
+        pixels = np.stack([np.frombuffer(decode_frame(s.frame.data, s.frame.height, s.frame.width, s.frame.codec),
+                                         np.uint8).reshape(s.frame.height, s.frame.width, 3)
+                           for s in steps])  # (N, H, W, 3): as logged, so a replay sees what the live run saw
         video = torch.from_numpy(pixels).to(loaded.device or "cpu", non_blocking=True)
         video = video.permute(0, 3, 1, 2).unsqueeze(2).float().div_(255.0)  # (N, 3, 1, H, W)
         bank = self.bank(first)

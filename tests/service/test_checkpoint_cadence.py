@@ -72,3 +72,20 @@ async def test_without_an_interval_only_the_frame_count_decides(registry):  # no
 
 async def _processed(store, n: int) -> bool:
     return (await store.sessions.get("a")).frames_processed >= n
+
+
+async def test_a_checkpoint_is_due_once_the_log_since_the_last_holds_more_than_the_bytes(registry):  # noqa: F811
+    size = (await registry.load(TEST_MODEL, TEST_WEIGHTS)).input_size
+    frame_bytes = size * size * 3
+    store = memory_store()
+    loop = InferenceLoop(settings(checkpoint_every=1000, checkpoint_log_bytes=int(2.5 * frame_bytes)), store,
+                         registry, Metrics())
+    await add_session(store, registry, "a", 2, seed=1)
+    await run_until(loop, lambda: _processed(store, 2))
+    assert await store.streams.checkpoint("a") is None  # 2 frames logged: under the bound
+    for index in (2, 3, 4):
+        await append(store, registry, "a", index)
+    await run_until(loop, lambda: _processed(store, 5))
+    assert (await store.streams.checkpoint("a"))[0] == 3  # the third frame took the log past it
+    assert [f.seq for f in await store.streams.frames_after("a", 0)] == [4, 5]  # trimmed up to it
+    await loop.stop()

@@ -97,20 +97,29 @@ redis.call('ZADD', KEYS[#KEYS], deadline, ARGV[3])
 return 1
 """
 
-# Frames after the committed progress, counted (no payload leaves the server).
+# The frames after the committed progress: a counter in the session hash ('pending': an append adds
+# its frame, a backlog drop and a commit take theirs off), so no script copies the payloads it counts.
+# A record from before the counter gets it counted once from the log. Call it before changing
+# processed_seq or the log.
 PENDING_LUA = """
-local function pending(session, frames, limit)
+local function pending(session, frames)
+  local count = redis.call('HGET', session, 'pending')
+  if count then return tonumber(count) end
   local processed = redis.call('HGET', session, 'processed_seq') or '0'
-  return redis.call('XRANGE', frames, '(' .. processed .. '-0', '+', 'COUNT', limit)
+  count = #redis.call('XRANGE', frames, '(' .. processed .. '-0', '+')
+  redis.call('HSET', session, 'pending', count)
+  return count
 end
 """
 
 # KEYS: session, frames[, ready (zset): left out on a Cluster]. ARGV: keep, pts, frame_index, received_at, height, width,
 # data, next_frame_index (frame_index + 1, as a decimal string), session_id, now_ms, codec ('' = raw uint8).
 # Returns {seq, dropped}; {-1, 0} when the session is gone. One round trip: the frame, the backlog
-# policy, the record's counters and the ready set.
+# policy, the record's counters and the ready set. Only over the backlog limit does it read frames:
+# those taken but not committed (kept), and the oldest waiting ones it drops.
 APPEND = PENDING_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+local waiting = pending(KEYS[1], KEYS[2]) + 1
 local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
 -- The session's frame grid goes on after this frame, even if the gateway dies before it says so.
 -- (Compared as numbers, stored as the decimal string given: a Lua number would print as 5e+17.)
@@ -121,16 +130,24 @@ local entry = {'pts', ARGV[2], 'fi', ARGV[3], 't', ARGV[4], 'h', ARGV[5], 'w', A
 if ARGV[11] and ARGV[11] ~= '' then table.insert(entry, 'c'); table.insert(entry, ARGV[11]) end
 redis.call('XADD', KEYS[2], seq .. '-0', unpack(entry))
 local keep = tonumber(ARGV[1])
-local taken = redis.call('HGET', KEYS[1], 'taken_seq') or '0'
-local waiting = pending(KEYS[1], KEYS[2], keep + 1000)
-while #waiting > 0 and tonumber(string.match(waiting[1][1], '^%d+')) <= tonumber(taken) do
-  table.remove(waiting, 1)
-end
 local dropped = 0
-for i = 1, #waiting - keep do
-  redis.call('XDEL', KEYS[2], waiting[i][1])
-  dropped = dropped + 1
+if waiting > keep then
+  local processed = redis.call('HGET', KEYS[1], 'processed_seq') or '0'
+  local taken = redis.call('HGET', KEYS[1], 'taken_seq') or '0'
+  local floor = processed
+  local excess = waiting - keep
+  if tonumber(taken) > tonumber(processed) then  -- a frame a worker has taken is never dropped
+    floor = taken
+    excess = excess - #redis.call('XRANGE', KEYS[2], '(' .. processed .. '-0', taken .. '-0')
+  end
+  if excess > 0 then
+    for _, doomed in ipairs(redis.call('XRANGE', KEYS[2], '(' .. floor .. '-0', '+', 'COUNT', excess)) do
+      redis.call('XDEL', KEYS[2], doomed[1])
+      dropped = dropped + 1
+    end
+  end
 end
+redis.call('HSET', KEYS[1], 'pending', waiting - dropped)
 redis.call('HINCRBY', KEYS[1], 'frames_received', 1)
 if dropped > 0 then redis.call('HINCRBY', KEYS[1], 'frames_dropped', dropped) end
 if #KEYS >= 3 then redis.call('ZADD', KEYS[3], 'NX', ARGV[10], ARGV[9]) end
@@ -140,7 +157,7 @@ return {seq, dropped}
 # KEYS: session, frames. Returns the number of frames after the committed progress.
 BACKLOG = PENDING_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-return #pending(KEYS[1], KEYS[2], 100000)
+return pending(KEYS[1], KEYS[2])
 """
 
 # KEYS: session, lease, checkpoint, frames. ARGV: worker, ttl_ms, dead holder's lease value ('' = none).
@@ -152,7 +169,7 @@ if ttl > 0 then
   -- ARGV[3]: the lease of a worker whose heartbeat is gone (dead): it may be taken over now.
   if ARGV[3] == '' or holder ~= ARGV[3] then return {'held', ttl, holder} end
 end
-if #pending(KEYS[1], KEYS[4], 1) == 0 then return {'idle'} end
+if pending(KEYS[1], KEYS[4]) == 0 then return {'idle'} end
 local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
 local processed = redis.call('HGET', KEYS[1], 'processed_seq') or '0'
@@ -200,6 +217,7 @@ end
 # Returns the session's backlog after the commit, or -1 (stale lease / session gone: nothing changed).
 COMMIT = SAME_TTL_LUA + SAVE_CHECKPOINT_LUA + PENDING_LUA + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local waiting = pending(KEYS[1], KEYS[4])
 local processed = tonumber(redis.call('HGET', KEYS[1], 'processed_seq') or '0')
 local dropped = redis.call('HGET', KEYS[1], 'frames_dropped') or '0'
 local appended = 0
@@ -213,13 +231,15 @@ for i = 7, #ARGV, 3 do
   end
 end
 if appended > 0 then
-  redis.call('HSET', KEYS[1], 'processed_seq', processed)
+  -- Each result is of a frame this worker took: logged, after the progress, never dropped.
+  waiting = math.max(0, waiting - appended)
+  redis.call('HSET', KEYS[1], 'processed_seq', processed, 'pending', waiting)
   redis.call('HINCRBY', KEYS[1], 'frames_processed', appended)
 end
 save_checkpoint(KEYS[5], KEYS[4], ARGV[4], ARGV[5], ARGV[1])
 same_ttl(KEYS[1], KEYS[3], KEYS[5], KEYS[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return #pending(KEYS[1], KEYS[4], 100000)
+return waiting
 """
 
 # KEYS: producer, session. ARGV: owner, ttl_ms. Take or renew the slot; 0 when another owner holds
@@ -255,7 +275,7 @@ if tonumber(ARGV[2]) <= tonumber(redis.call('HGET', KEYS[1], 'processed_seq') or
   same_ttl(KEYS[1], KEYS[3])
 end
 redis.call('DEL', KEYS[2])
-return #pending(KEYS[1], KEYS[4], 1)
+return pending(KEYS[1], KEYS[4])
 """
 
 

@@ -36,7 +36,7 @@ class RedisSessionStore:
         values: list[Any] = [sid, max_sessions or 0, repr(record.created_at), repr(record.expires_at), per_client]
         for f in dataclasses.fields(SessionRecord):
             values += [f.name, encode_field(f.name, getattr(record, f.name))]
-        values += ["last_seq", "0", "processed_seq", "0", "fence", "0"]
+        values += ["last_seq", "0", "processed_seq", "0", "fence", "0", "pending", "0"]
         if self._l.split:
             created = await self._create_split(record, values)
         else:

@@ -136,43 +136,60 @@ class RedisClusterServers:
 
 
 class SentinelServers:
-    """A primary, its replica and one Sentinel monitoring it as ``movinet``."""
+    """A primary, its replica and ``sentinels`` Sentinels monitoring it as ``movinet`` (``quorum`` of
+    them must agree that it is down); ``url`` lists every Sentinel."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, sentinels: int = 1, quorum: int = 1) -> None:
         self.directory = directory
         self.primary = RedisServer(directory / "primary")
         self.replica = RedisServer(directory / "replica")
-        self.sentinel_port = cluster_ports(1)[0]
-        self.sentinel: subprocess.Popen | None = None
+        self.sentinel_ports = cluster_ports(sentinels)
+        self.quorum = quorum
+        self.sentinels: list[subprocess.Popen] = []
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/movinet"
+        return "redis+sentinel://" + ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports) + "/movinet"
 
     def start(self) -> SentinelServers:
         self.primary.start()
         self.replica.start()
         cli(self.replica.port, "replicaof", "127.0.0.1", str(self.primary.port))
-        conf = self.directory / "sentinel.conf"
-        conf.write_text(f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.directory}\n"
-                        f"sentinel monitor movinet 127.0.0.1 {self.primary.port} 1\n"
-                        "sentinel down-after-milliseconds movinet 1000\nsentinel failover-timeout movinet 5000\n")
-        self.sentinel = subprocess.Popen([shutil.which("redis-server"), str(conf), "--sentinel"],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_pong(self.sentinel_port)
-        deadline = time.monotonic() + 20
-        while "master_link_status:up" not in cli(self.replica.port, "info", "replication"):
+        for i, port in enumerate(self.sentinel_ports):
+            conf = self.directory / f"sentinel{i}.conf"  # each its own: a Sentinel rewrites its file
+            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                            f"sentinel monitor movinet 127.0.0.1 {self.primary.port} {self.quorum}\n"
+                            "sentinel down-after-milliseconds movinet 1000\nsentinel failover-timeout movinet 5000\n")
+            self.sentinels.append(subprocess.Popen([shutil.which("redis-server"), str(conf), "--sentinel"],
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            _wait_pong(port)
+        deadline = time.monotonic() + 30
+        while not self._ready():
             if time.monotonic() > deadline:
-                raise RuntimeError("the replica did not sync")
+                raise RuntimeError("the replica did not sync or the Sentinels did not find each other")
             time.sleep(0.1)
         return self
+
+    def _ready(self) -> bool:
+        """The replica synced and every Sentinel knows the others (they find each other through the
+        primary's hello channel, every 2 s): only then can they agree on a failover."""
+        if "master_link_status:up" not in cli(self.replica.port, "info", "replication"):
+            return False
+        others = len(self.sentinel_ports) - 1
+        return all(cli(port, "sentinel", "sentinels", "movinet").count("runid") >= others
+                   for port in self.sentinel_ports)
+
+    def kill_sentinel(self, index: int) -> None:
+        self.sentinels[index].kill()
+        self.sentinels[index].wait(10)
 
     def flush(self) -> None:
         cli(self.primary.port, "flushall")
 
     def stop(self) -> None:
-        if self.sentinel is not None:
-            self.sentinel.kill()
-            self.sentinel.wait(10)
+        for sentinel in self.sentinels:
+            if sentinel.poll() is None:
+                sentinel.kill()
+                sentinel.wait(10)
         self.primary.kill()
         self.replica.kill()

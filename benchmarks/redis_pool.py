@@ -4,6 +4,7 @@
     python benchmarks/redis_pool.py --quick            # shorter runs
     python benchmarks/redis_pool.py --only failover    # one part: state, frames, traffic, capacity, failover
     python benchmarks/redis_pool.py --only traffic --env MOVINET_CHECKPOINT_EVERY=150   # other pool settings
+    python benchmarks/redis_pool.py --only traffic --size 172 --video ../shared/media/cleaning_pool_handheld_340x256.mp4
 
 It starts its own ``redis-server`` on a free port and ``movinet-service gateway`` / ``worker``
 processes (the commands the deployment runs) with the default pool settings unless told
@@ -14,8 +15,10 @@ otherwise, streams the motion test video in real time at the model's 5 fps, and 
   official 172 px A0 for comparison): float32, float16, and float32 + zlib;
 * **traffic**: Redis network bytes (``INFO stats``: in + out), commands and server CPU time
   (``INFO commandstats``) per stream-second, with every component of the pool reading and writing
-  it (frames in, takes, commits, checkpoints, results out to the client): what a shard's capacity
-  in cameras is computed from (docs/deploy.md);
+  it (frames in, takes, commits, checkpoints, results out to the client), and the checkpoints the
+  workers wrote meanwhile (their ``/metrics``): what a shard's capacity in cameras is computed from
+  (docs/deploy.md). ``--size 172`` serves the bundled model at another input size (its weights
+  file rewritten with that size: the official A0's 172 px), ``--video`` streams another clip;
 * **capacity**: the most sessions one worker holds in real time (no drops, p99 under the target);
 * **failover**: SIGKILL the worker holding a streaming session; the time from the kill to the
   client's next label (another worker resumes from the checkpoint and replays the log).
@@ -170,11 +173,27 @@ CLIENT_COMMANDS = {"xread", "xrange", "xrevrange", "zadd", "zrem", "zrangebyscor
                    "hmget", "hget", "get", "set", "mget", "client|id", "client|list", "xadd", "del", "scan"}
 
 
+def checkpoints_written(pool: PoolProcs) -> tuple[float, float]:
+    """Checkpoints the live workers wrote so far, and their bytes (``/metrics``)."""
+    count = size = 0.0
+    for role, port, process in pool.procs:
+        if role != "worker" or process.poll() is not None:
+            continue
+        for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+            if line.startswith("movinet_worker_checkpoints_total "):
+                count += float(line.split()[1])
+            elif line.startswith("movinet_worker_checkpoint_bytes_sum "):
+                size += float(line.split()[1])
+    return count, size
+
+
 def traffic(pool: PoolProcs, gateway: str, frames: list[bytes], sessions: int, duration: float) -> dict:
     (bytes_before, commands_before, cpu_before), started = redis_counters(pool.redis), time.monotonic()
+    checkpoints_before = checkpoints_written(pool)
     level = asyncio.run(service_load.run_level(gateway, sessions, {}, frames, 5.0, duration, 0.0, None))
     elapsed = time.monotonic() - started
     bytes_after, commands_after, cpu_after = redis_counters(pool.redis)
+    checkpoints = [a - b for a, b in zip(checkpoints_written(pool), checkpoints_before, strict=True)]
     cpu_us = (cpu_after - cpu_before) * 1e6 / elapsed / sessions
     spent = bytes_after - bytes_before
     per_stream = spent / elapsed / sessions
@@ -186,7 +205,8 @@ def traffic(pool: PoolProcs, gateway: str, frames: list[bytes], sessions: int, d
     requests = scripts + sum(c for name, (c, _) in calls.items() if name in CLIENT_COMMANDS) / elapsed / sessions
     print(f"traffic: {sessions} streams x {duration:.0f} s: {per_stream / 1e3:.1f} kB/s of Redis traffic, "
           f"{requests:.1f} requests/s ({scripts:.1f} scripts), {cpu_us:.0f} µs/s of Redis CPU per 5-fps stream "
-          f"(labelled {level['labelled']}/{level['sent']}, dropped {level['dropped']})", flush=True)
+          f"(labelled {level['labelled']}/{level['sent']}, dropped {level['dropped']}; {checkpoints[0]:.0f} checkpoints, "
+          f"{checkpoints[1] / 1e3 / elapsed / sessions:.1f} kB/s of them per stream)", flush=True)
     top = sorted(calls.items(), key=lambda item: -item[1][1])[:8]
     print("  by command (calls/s, µs/s per stream): " + ", ".join(
         f"{name} {c / elapsed / sessions:.1f} / {u / elapsed / sessions:.0f}" for name, (c, u) in top), flush=True)
@@ -196,7 +216,21 @@ def traffic(pool: PoolProcs, gateway: str, frames: list[bytes], sessions: int, d
             "redis_cpu_us_per_stream_second": round(cpu_us), "by_command": {
                 name: {"calls_per_stream_second": round(c / elapsed / sessions, 2),
                        "us_per_stream_second": round(u / elapsed / sessions)} for name, (c, u) in top},
-            "labelled": level["labelled"], "sent": level["sent"], "dropped": level["dropped"]}
+            "labelled": level["labelled"], "sent": level["sent"], "dropped": level["dropped"],
+            "checkpoints": round(checkpoints[0]), "checkpoint_bytes_per_stream_second":
+                round(checkpoints[1] / elapsed / sessions)}
+
+
+def weights_at_size(size: int, directory: Path) -> Path:
+    """The bundled A0 weights with another input size in their metadata (the network is fully
+    convolutional: the same weights run at any size), for a pool at the official 172 px."""
+    import dataclasses
+
+    import model
+
+    net = model.create_model("movinet_a0_stream", weights="motion")
+    net.info = dataclasses.replace(net.info, input_size=size, eval_min_size=size)
+    return model.save_weights(net, directory / f"movinet_a0_stream_motion{size}.safetensors")
 
 
 def worker_holding(redis: RedisServer, session_id: str, workers: list) -> tuple[str, int, subprocess.Popen]:
@@ -286,20 +320,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int, default=0, help="worker torch threads (0 = torch default)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of each traffic level")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4], help="traffic levels (streams at once)")
+    parser.add_argument("--size", type=int, default=0, help="serve the bundled A0 at this input size (e.g. 172)")
+    parser.add_argument("--video", type=Path, default=service_load.DEFAULT_VIDEO, help="the clip the cameras stream")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     parts = set(args.only or ("state", "frames", "traffic", "capacity", "failover"))
     summary: dict = {"settings": "defaults: lease 2000 ms, checkpoint every 25 frames, fp32 checkpoints"
-                     + "".join(f", {item}" for item in args.env)}
+                     + "".join(f", {item}" for item in args.env) + (f", {args.size} px" if args.size else "")
+                     + f", {args.video.name}"}
     if "state" in parts:
         summary["state"] = state_sizes()
     if "frames" in parts:
         summary["frames"] = frame_sizes()
     if parts - {"state", "frames"}:
-        frames = service_load.load_frames(service_load.DEFAULT_VIDEO, 5.0)
+        frames = service_load.load_frames(args.video, 5.0)
         with tempfile.TemporaryDirectory() as tmp:
             redis = RedisServer(Path(tmp) / "redis").start()
             env = {"MOVINET_LOG_LEVEL": "warning", **dict(item.split("=", 1) for item in args.env)}
+            if args.size:
+                env["MOVINET_WEIGHTS"] = str(weights_at_size(args.size, Path(tmp)))
             if args.torch_threads:
                 env["MOVINET_TORCH_THREADS"] = str(args.torch_threads)
             pool = PoolProcs(redis, Path(tmp), env)

@@ -157,10 +157,9 @@ class Settings(BaseSettings):
         "raw", description="How the Redis frame log stores model frames (the gateway encodes, the worker "
         "decodes for the live forward and any replay alike, so exactly-once holds with every codec): raw "
         "(default: the fitted uint8 pixels, the model's exact input), png / webp-lossless (lossless, 52 % / "
-        "37 % of raw at 172 px), jpeg / webp (lossy, frame_quality; jpeg at 95: 14 % of raw, the labels "
+        "37 % of raw at 172 px), webp / jpeg (lossy, frame_quality; webp at 90: 8 % of raw, the top-1 label "
         "of raw on every frame of the measured clips, docs/deploy.md). The embedded store keeps raw frames.")
-    frame_quality: int = Field(95, ge=1, le=100, description="Quality of the lossy frame codecs (jpeg, webp): "
-                               "95, the JPEG quality whose labels matched raw on every measured frame.")
+    frame_quality: int = Field(90, ge=1, le=100, description="Quality of the lossy frame codecs (webp, jpeg).")
 
     # Storage and the worker pool.
     redis_url: str | None = Field(

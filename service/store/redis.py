@@ -77,7 +77,7 @@ def _look_again_ms(lease_ttl_ms: int) -> int:
 
 class RedisStreamLog:
     def __init__(self, client: aioredis.Redis, scripts: Scripts, results_cap: int, layout: Layout | None = None,
-                 frame_codec: str = "raw", frame_quality: int = 95) -> None:
+                 frame_codec: str = "raw", frame_quality: int = 90) -> None:
         self._r = client
         self._s = scripts
         self._cap = results_cap
@@ -378,7 +378,7 @@ MAX_CONNECTIONS = 10_000
 
 
 def redis_store(url: str, results_cap: int = 1000, socket_timeout: float = 30.0, frame_codec: str = "raw",
-                frame_quality: int = 95) -> RedisStore:
+                frame_quality: int = 90) -> RedisStore:
     """A store on the Redis at ``url`` (one Redis, a Cluster or a Sentinel's primary, see
     :mod:`service.store.redis_url`; a bad URL raises ``ValueError``). Commands fail fast while
     Redis is away (the callers back off and retry); the client reconnects by itself when it is back,

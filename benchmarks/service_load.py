@@ -56,21 +56,27 @@ def load_frames(path: Path, fps: float, max_side: int = 320) -> list[bytes]:
 
 
 async def run_client(url: str, body: dict, frames: list[bytes], fps: float, duration: float, warmup: float,
-                     api_key: str | None) -> dict:
+                     api_key: str | None, offset: int | None = None, start_in: float = 0.0) -> dict:
+    """One client, arriving ``start_in`` seconds from now; ``offset`` (default random) is where in
+    ``frames`` it starts. Its stats, with the top label of every labelled frame (``labels``: frame
+    index → label)."""
     from websockets.asyncio.client import connect
 
+    await asyncio.sleep(start_in)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with httpx.AsyncClient(timeout=60) as http:
         response = await http.post(f"{url}/sessions", json=body, headers=headers)
         if response.status_code in (429, 503):  # admission control: the server says it is full
-            return {"sent": 0, "results": 0, "errors": 0, "dropped": 0, "refused": 1, "latencies": []}
+            return {"sent": 0, "results": 0, "errors": 0, "dropped": 0, "refused": 1, "latencies": [], "labels": {}}
         response.raise_for_status()
         session = response.json()
     sent: dict[int, float] = {}
     latencies: list[float] = []
+    labels: dict[int, int | None] = {}
     stats = {"sent": 0, "results": 0, "errors": 0, "dropped": 0, "refused": 0}
-    offset = random.randrange(len(frames))
-    await asyncio.sleep(random.random() / fps)  # stagger the clients within a frame period
+    if offset is None:
+        offset = random.randrange(len(frames))
+        await asyncio.sleep(random.random() / fps)  # stagger the clients within a frame period
     async with connect(f"{session['frames_url']}?token={session['token']}", max_size=None) as ws:
         await ws.recv()
         started = time.monotonic()
@@ -80,6 +86,8 @@ async def run_client(url: str, body: dict, frames: list[bytes], fps: float, dura
             async for raw in ws:
                 message = json.loads(raw)
                 if message["type"] == "result":
+                    top = message["labels"][0]["id"] if message["labels"] else None
+                    labels[message["frame_index"]] = top
                     t_sent = sent.pop(message["frame_index"], None)
                     if t_sent is not None and t_sent >= measure_from:
                         latencies.append((time.monotonic() - t_sent) * 1000.0)
@@ -110,7 +118,7 @@ async def run_client(url: str, body: dict, frames: list[bytes], fps: float, dura
     async with httpx.AsyncClient(timeout=30) as http:
         await http.delete(f"{url}/sessions/{session['session_id']}",
                           headers={"Authorization": f"Bearer {session['token']}"})
-    stats["latencies"] = latencies
+    stats["latencies"], stats["labels"] = latencies, labels
     return stats
 
 
@@ -129,15 +137,15 @@ def server_counters(url: str) -> dict[str, float]:
 
 
 async def run_level(url: str, sessions: int, body: dict, frames: list[bytes], fps: float, duration: float,
-                    warmup: float, api_key: str | None) -> dict:
+                    warmup: float, api_key: str | None, ramp: float = 0.0) -> dict:
     for _ in range(60):  # the last level's backlog drained: the server admits sessions again
         async with httpx.AsyncClient(timeout=10) as http:
             if (await http.get(f"{url}/readyz")).status_code == 200:
                 break
         await asyncio.sleep(1.0)
     before, started = server_counters(url), time.monotonic()
-    outcomes = await asyncio.gather(*(run_client(url, body, frames, fps, duration, warmup, api_key)
-                                      for _ in range(sessions)))
+    outcomes = await asyncio.gather(*(run_client(url, body, frames, fps, duration, warmup, api_key,
+                                                 start_in=i * ramp / sessions) for i in range(sessions)))
     after, elapsed = server_counters(url), time.monotonic() - started
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     forwards = delta.get("movinet_inference_duration_seconds_count", 0.0)
@@ -151,6 +159,7 @@ async def run_level(url: str, sessions: int, body: dict, frames: list[bytes], fp
         "dropped": sum(o["dropped"] for o in outcomes),
         "errors": sum(o["errors"] for o in outcomes),
         "refused": sum(o["refused"] for o in outcomes),  # 503/429 at POST /sessions: admission said full
+        "admitted": sessions - sum(o["refused"] for o in outcomes),
         "p50_ms": float(np.percentile(latencies, 50)) if latencies.size else None,
         "p99_ms": float(np.percentile(latencies, 99)) if latencies.size else None,
         "max_ms": float(latencies.max()) if latencies.size else None,
@@ -217,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=5.0, help="client frame rate (default 5)")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds at the start of a level")
+    parser.add_argument("--ramp", type=float, default=0.0, help="the clients of a level arrive one by one over "
+                        "this many seconds (default 0: all at once); each then streams --warmup + --duration")
     parser.add_argument("--target-p99-ms", type=float, default=300.0)
     parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     parser.add_argument("--torch-threads", type=int, default=None)
@@ -249,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "-r", "100", "--threads", "--nonblocking", "-f", "raw",
                                         "-o", str(args.profile)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             level = asyncio.run(run_level(url, sessions, body, frames, args.fps, args.duration, args.warmup,
-                                          args.api_key))
+                                          args.api_key, args.ramp))
             level["held"] = (level["dropped"] == 0 and level["errors"] == 0 and level["refused"] == 0
                              and level["labelled"] >= level["sent"]
                              and level["p99_ms"] is not None and level["p99_ms"] < args.target_p99_ms)
@@ -261,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(summary(args.profile), flush=True)
             print(f"{sessions:4d} sessions: p50 {level['p50_ms'] or float('nan'):7.1f} ms  "
                   f"p99 {level['p99_ms'] or float('nan'):7.1f} ms  max {level['max_ms'] or float('nan'):7.1f} ms  "
-                  f"labelled {level['labelled']}/{level['sent']}  dropped {level['dropped']}  refused {level['refused']}  "
+                  f"labelled {level['labelled']}/{level['sent']}  dropped {level['dropped']}  refused {level['refused']} (admitted {level['admitted']})  "
                   f"batch {level['mean_batch'] or 0:4.1f}  forward {level['forward_ms'] or 0:6.1f} ms  "
                   f"busy {level['forward_busy']:4.0%}  {'held' if level['held'] else 'NOT held'}", flush=True)
             if level["held"]:

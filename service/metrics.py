@@ -41,6 +41,8 @@ class Metrics:
             "to go down (their sources slowed, nothing dropped).", registry=registry)
         self.decode_errors = Counter("movinet_decode_errors_total", "Undecodable inputs.", ["code"],
                                      registry=registry)
+        self.decode_pixels = Gauge("movinet_decode_pixels", "Coded pixels of the video streams being decoded "
+                                   "(of MOVINET_DECODE_BUDGET_PIXELS).", registry=registry)
         self.decode_seconds = Histogram("movinet_decode_duration_seconds", "Still image decode + resize.",
                                         buckets=LATENCY_BUCKETS, registry=registry)
         self.inference_seconds = Histogram("movinet_inference_duration_seconds", "One batched forward.",

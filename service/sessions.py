@@ -30,6 +30,7 @@ from service.options import BackpressureOptions, EventOptions, SessionOptions, S
 from service.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
 from service.sources.ingest import FrameSink
+from service.sources.budget import DecodeBudget
 from service.sources.rtsp import RtspPuller
 from service.sources.urls import RtspUrl, check_source, check_webhook
 from service.store import STORE_ERRORS, ClientSessionsFull, SessionRecord, SessionsFull, Store
@@ -60,6 +61,8 @@ class SessionService:
         self.metrics = metrics
         self.hub = ConnectionHub()
         self.admission = Admission(settings, store, inference)
+        self.decode_budget = DecodeBudget.from_settings(settings)  # shared by this gateway's video decoders
+        metrics.decode_pixels.set_function(lambda: self.decode_budget.reserved)
         self.gateway_id = secrets.token_hex(6)
         self._producers: dict[tuple[str, int], asyncio.Task] = {}
         self._cameras: asyncio.Task | None = None
@@ -353,7 +356,7 @@ class SessionService:
 
         sink = self.sink(record)
         puller = RtspPuller(sink, loaded, camera, record.options.source, self.settings, self.metrics,
-                            broadcast=broadcast, on_stopped=stopped)
+                            broadcast=broadcast, on_stopped=stopped, budget=self.decode_budget)
         sink.on_lost = puller.stop
         if not await self.attach_producer(session_id, puller):  # the producer slot, across gateways
             raise ApiError(409, "stream_in_use", "the session already has a frame producer")

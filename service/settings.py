@@ -126,6 +126,15 @@ class Settings(BaseSettings):
     )
 
     # Server-side sources: RTSP cameras, WebRTC peers.
+    decode_budget_pixels: int = Field(
+        2 * 3840 * 2160, ge=0, description="Coded pixels of the video streams (WebSocket video, RTSP) this "
+        "process decodes at once: two 4K, eight 1080p or 54 640x480 streams (a decoder holds ~25 bytes per "
+        "coded pixel: ~0.4 GB in all). A stream that does not fit gets decoder_busy. 0: no limit.")
+    decode_max_pixel_rate: float = Field(
+        1920 * 1080 * 30, ge=0, description="Coded pixels per second one video stream may decode (1080p at "
+        "30 fps); a faster stream is slowed (its sender by TCP). 0: no limit.")
+    decode_nice: int = Field(5, ge=0, le=19, description="How much nicer decode threads run than the event loop "
+                             "and the inference thread, which serve every session (Linux). 0: the same.")
     rtsp_allow_private_addresses: bool = Field(
         False, description="Let RTSP sources open private, loopback and link-local addresses (cameras on "
         "the LAN, tests). Off by default: a client must not make the server reach its own network.")
@@ -134,6 +143,10 @@ class Settings(BaseSettings):
         '"turn:turn.example.org:3478", "username": "u", "credential": "p"}]; given to clients too. '
         "Empty: host candidates only (no outside STUN server).")
 
+    rtsps_verify: bool = Field(True, description="Check an rtsps:// camera's TLS certificate and name (the "
+                               "system's CAs and rtsps_ca_file). Off: any certificate, for self-signed cameras.")
+    rtsps_ca_file: str | None = Field(None, description="A PEM file of CAs (or self-signed camera certificates) "
+                                      "trusted for rtsps:// cameras, beside the system's.")
     # Inference.
     max_batch: int = Field(64, ge=1, description="Most sessions in one forward.")
     batch_wait_ms: float = Field(0.0, ge=0, description="Wait this long for more sessions before a forward.")
@@ -195,6 +208,18 @@ class Settings(BaseSettings):
         """The WebSocket layer's own cap: above it the socket closes with 1009.
 
         Kept well above ``max_message_bytes`` so that an oversized message gets a polite error
+    @field_validator("rtsps_ca_file")
+    @classmethod
+    def _readable_ca_file(cls, value: str | None) -> str | None:
+        if value:  # at start-up, not at a camera's first connection
+            import ssl
+
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=value)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"not a readable PEM file of certificates ({type(exc).__name__})") from None
+        return value
+
         and the connection goes on; only absurd messages cost the connection.
         """
         return 4 * self.max_message_bytes

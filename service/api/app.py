@@ -28,6 +28,7 @@ from service.errors import ApiError, public_reason
 from service.logs import kv
 from service.metrics import Metrics
 from service.registry import ModelRegistry, resolve_device
+from service.sources.budget import lower_priority
 from service.sessions import SessionService
 from service.settings import Settings
 from service.store import STORE_ERRORS, create_store
@@ -107,7 +108,8 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
         state.sessions = sessions = None
         if role in ("serve", "gateway"):
             state.sessions = sessions = SessionService(settings, store, registry, metrics, inference)
-        state.image_pool = image_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        state.image_pool = image_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode",
+                                                           initializer=lower_priority, initargs=(settings.decode_nice,))
         if inference is not None:
             inference.start()
         if sessions is not None:

@@ -167,7 +167,8 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
             await connection.send(messages.error(code, message))
 
         sink = service.sink(record, report)
-        source = WebSocketInput(record, loaded, settings, sink, metrics, app.state.image_pool)
+        source = WebSocketInput(record, loaded, settings, sink, metrics, app.state.image_pool,
+                                budget=service.decode_budget)
         pump = ResultPump(connection, service.store, await start_seq(service.store, session_id, _after_seq(websocket)))
         pump_task = asyncio.create_task(pump.run(), name=f"results-{session_id}")
         log.info(kv("stream_connected", session_id=session_id, after_seq=pump.sent_seq))

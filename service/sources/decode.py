@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from service.errors import MediaError
+from service.sources.budget import DecodeBudget, StreamBudget, lower_priority
 from service.sources.frames import Resampler, check_pixels, fit_frame
 from service.sources.pipe import FramePipe, Pending
 
@@ -73,22 +74,29 @@ def model_frames(container: av.container.InputContainer, stream: av.video.stream
                  resampler: Resampler, fit: Callable[[av.VideoFrame], np.ndarray], max_pixels: int,
                  on_corrupt: Callable[[MediaError], None], *,
                  timestamp: Callable[[av.VideoFrame, int], float | None],
-                 stopped: Callable[[], bool] = lambda: False) -> Iterator[Pending]:
+                 stopped: Callable[[], bool] = lambda: False,
+                 budget: StreamBudget | None = None) -> Iterator[Pending]:
     """Decode ``stream`` of ``container`` into model frames, until it ends or ``stopped()``.
 
     ``timestamp(frame, index)`` gives a picture's time in seconds (None: skip it). A picture
     over ``max_pixels`` ends the stream with ``frame_too_large``: checked on the coded size the
-    demuxer parsed, before any picture is decoded.
+    demuxer parsed, before any picture is decoded. ``budget`` (:mod:`service.sources.budget`)
+    reserves that size among the streams decoding at once (``decoder_busy`` if it does not fit)
+    and paces the decoding.
     """
     corrupt = 0
     decoded = 0
-    checked = False
+    coded = 0  # pixels of the coded size, once the demuxer knows it
     for packet in container.demux(stream):
         if stopped():
             return
-        if not checked and stream.codec_context.width and stream.codec_context.height:
+        if not coded and stream.codec_context.width and stream.codec_context.height:
             check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
-            checked = True
+            coded = stream.codec_context.width * stream.codec_context.height
+            if budget is not None:
+                budget.reserve(stream.codec_context.width, stream.codec_context.height)
+        if budget is not None and coded:
+            budget.pace(coded)
         try:
             pictures = packet.decode()
         except av.error.FFmpegError as exc:
@@ -98,7 +106,11 @@ def model_frames(container: av.container.InputContainer, stream: av.video.stream
             continue
         for picture in pictures:
             index, decoded = decoded, decoded + 1
-            check_pixels(picture.width, picture.height, max_pixels)  # the size may change mid-stream
+            if picture.width * picture.height != coded:  # the size may change mid-stream
+                check_pixels(picture.width, picture.height, max_pixels)
+                coded = picture.width * picture.height
+                if budget is not None:
+                    budget.reserve(picture.width, picture.height)
             pts = timestamp(picture, index)
             if pts is None:
                 continue
@@ -169,8 +181,9 @@ class VideoStreamDecoder:
 
     def __init__(self, pipe: FramePipe, fps: float, size: int, max_pixels: int, *,
                  stream_fps: float | None = None, short_side: int | None = None, exact: bool = False,
-                 low_delay: bool = True, name: str = "video-decoder"):
+                 low_delay: bool = True, name: str = "video-decoder", budget: DecodeBudget | None = None):
         self.pipe = pipe
+        self.budget = budget or DecodeBudget()  # default: no limits
         self.resampler = Resampler(fps)
         self.size, self.short_side, self.max_pixels, self.exact = size, short_side, max_pixels, exact
         self.stream_fps = stream_fps  # for streams without timestamps (raw H.264)
@@ -208,6 +221,7 @@ class VideoStreamDecoder:
         return now - self._started_at
 
     def _run(self) -> None:
+        lower_priority(self.budget.nice)
         try:
             self._decode()
         except MediaError as exc:
@@ -242,7 +256,9 @@ class VideoStreamDecoder:
             def fit(picture: av.VideoFrame) -> np.ndarray:
                 return fit_frame(picture, self.size, self.short_side, self.exact)
 
-            for frame in model_frames(container, stream, self.resampler, fit, self.max_pixels, self.pipe.error,
-                                      timestamp=self._timestamp, stopped=lambda: self.pipe.closed):
-                if not self.pipe.put(frame):
-                    return
+            stopped = lambda: self.pipe.closed  # noqa: E731
+            with self.budget.stream(stopped) as share:
+                for frame in model_frames(container, stream, self.resampler, fit, self.max_pixels, self.pipe.error,
+                                          timestamp=self._timestamp, stopped=stopped, budget=share):
+                    if not self.pipe.put(frame):
+                        return

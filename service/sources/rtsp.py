@@ -27,17 +27,18 @@ from typing import Any
 import av
 
 from service import messages
-from service.errors import public_reason
+from service.errors import MediaError, public_reason
 from service.logs import kv
 from service.metrics import Metrics
 from service.options import SourceOptions
 from service.registry import LoadedModel
 from service.settings import Settings
+from service.sources.budget import DecodeBudget, lower_priority
 from service.sources.decode import model_frames
 from service.sources.frames import Resampler, fit_frame
 from service.sources.ingest import FrameSink
 from service.sources.pipe import FramePipe, Pending
-from service.sources.rtsp_guard import RtspRelay
+from service.sources.rtsp_guard import RtspRelay, tls_context
 from service.sources.urls import PROTOCOL_WHITELIST, RtspUrl, SourceRefused, pin, redact
 
 log = logging.getLogger("service.sources.rtsp")
@@ -56,7 +57,7 @@ class RtspPuller:
     def __init__(self, sink: FrameSink, model: LoadedModel, target: RtspUrl, source: SourceOptions,
                  settings: Settings, metrics: Metrics, *,
                  broadcast: Callable[[dict[str, Any]], Awaitable[None]],
-                 on_stopped: Callable[[RtspPuller], Awaitable[None]]):
+                 on_stopped: Callable[[RtspPuller], Awaitable[None]], budget: DecodeBudget | None = None):
         self.session_id = sink.session_id
         self.sink = sink
         self.model = model
@@ -73,6 +74,8 @@ class RtspPuller:
         self.allow_private = settings.rtsp_allow_private_addresses
         self.exact = settings.exact_preprocess
         self.max_pixels = settings.max_frame_pixels
+        self.budget = budget or DecodeBudget()  # default: no limits
+        self.tls = tls_context(settings.rtsps_verify, settings.rtsps_ca_file) if self.target.scheme == "rtsps" else None
 
         self.state = "connecting"
         self.reconnects = 0
@@ -163,6 +166,7 @@ class RtspPuller:
     # --- in the puller thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        lower_priority(self.budget.nice)
         failures = 0  # connections in a row that gave no frame
         while not self._stop.is_set():
             self._pipe.event("connecting")
@@ -170,7 +174,7 @@ class RtspPuller:
             try:
                 streamed = self._pull_once()
                 error = "the stream ended"
-            except SourceRefused as exc:
+            except (SourceRefused, MediaError) as exc:  # MediaError: frame_too_large, decoder_busy
                 error = exc.message
             except av.error.ExitError:  # PyAV's timeout (interrupt callback)
                 error = (f"no data for {self.read_timeout_s:g} s" if self._opened
@@ -196,7 +200,7 @@ class RtspPuller:
         assert self._pipe is not None
         address = pin(self.target, self.allow_private)
         # FFmpeg talks to the camera through the relay: the checked address only, no redirect followed.
-        with RtspRelay(self.target, address, self.open_timeout_s) as relay:
+        with RtspRelay(self.target, address, self.open_timeout_s, self.tls) as relay:
             try:
                 streamed = self._open(relay.url)
             except (av.error.FFmpegError, OSError):
@@ -247,9 +251,10 @@ class RtspPuller:
             error.message = redact(error.message)
             pipe.error(error)
 
-        for frame in model_frames(container, stream, Resampler(self.model.frame_rate), fit, self.max_pixels,
-                                  corrupt, timestamp=timestamp, stopped=self._stop.is_set):
-            streamed = True
-            if not pipe.put(frame):
-                break
+        with self.budget.stream(self._stop.is_set) as share:
+            for frame in model_frames(container, stream, Resampler(self.model.frame_rate), fit, self.max_pixels,
+                                      corrupt, timestamp=timestamp, stopped=self._stop.is_set, budget=share):
+                streamed = True
+                if not pipe.put(frame):
+                    break
         return streamed

@@ -8,8 +8,11 @@ here: a redirect ends the connection with :class:`SourceRefused` (redirects are 
 ``Transport`` header gets ``source=`` set to the checked address (UDP goes nowhere else). Bytes
 from FFmpeg go to the camera unchanged (digest authentication covers the request URI).
 
-For ``rtsps://`` the relay makes the TLS connection (SNI with the name; no certificate check,
-as FFmpeg did none either) and FFmpeg speaks plain RTSP to it. Interleaved RTP (``$`` frames)
+For ``rtsps://`` the relay makes the TLS connection and FFmpeg speaks plain RTSP to it. The
+camera's certificate is checked (:func:`tls_context`: the system's CAs and
+``MOVINET_RTSPS_CA_FILE``, the name or address in the URL) unless ``MOVINET_RTSPS_VERIFY`` is off,
+for cameras with self-signed certificates that cannot be given a CA file; FFmpeg itself checks
+none by default. Interleaved RTP (``$`` frames)
 passes through as it comes. One relay per connection, on a thread of its own; it stops when
 either side closes.
 """
@@ -35,13 +38,25 @@ _LENGTH = re.compile(rb"(?im)^content-length:[ \t]*(\d+)")
 _TRANSPORT = re.compile(rb"(?im)^(transport:[ \t]*)([^\r\n]*)")
 
 
+def tls_context(verify: bool = True, ca_file: str | None = None) -> ssl.SSLContext:
+    """How the relay talks TLS to ``rtsps://`` cameras: the certificate and name checked, or not."""
+    context = ssl.create_default_context()  # the system's CAs
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)  # and these
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class RtspRelay:
     """``with RtspRelay(target, address, timeout) as relay:`` then open ``relay.url``."""
 
-    def __init__(self, target: RtspUrl, address: str, timeout_s: float) -> None:
+    def __init__(self, target: RtspUrl, address: str, timeout_s: float, tls: ssl.SSLContext | None = None) -> None:
         self.target = target
         self.address = address
         self.timeout_s = timeout_s
+        self.tls = tls
         self.refused: SourceRefused | None = None  # why the relay ended the connection, if it did
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._stop = threading.Event()
@@ -53,6 +68,15 @@ class RtspRelay:
     def __enter__(self) -> RtspRelay:
         try:  # before FFmpeg starts: an unreachable camera is said as such, not as bad data
             self._upstream = self._connect()
+        except ssl.SSLCertVerificationError as exc:
+            self._listener.close()
+            raise SourceRefused("camera_tls_error", f"the camera's TLS certificate was not accepted "
+                                f"({exc.verify_message or 'not trusted'}); give its CA with MOVINET_RTSPS_CA_FILE, "
+                                "or turn the check off with MOVINET_RTSPS_VERIFY=false") from None
+        except ssl.SSLError as exc:
+            self._listener.close()
+            reason = exc.reason or "the handshake failed"
+            raise SourceRefused("camera_tls_error", f"no TLS connection to the camera ({reason})") from None
         except OSError as exc:
             self._listener.close()
             raise SourceRefused("camera_unreachable", f"cannot connect to the camera "
@@ -91,15 +115,18 @@ class RtspRelay:
     def _connect(self) -> socket.socket:
         upstream = socket.create_connection((self.address, self.target.port), timeout=self.timeout_s)
         if self.target.scheme == "rtsps":
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            name = None if _is_address(self.target.host) else self.target.host
+            context = self.tls or tls_context()
+            # The name is what the certificate must match (an address literal is matched against
+            # the certificate's IP entries, and sent as no SNI).
+            name = self.target.host if context.check_hostname or not _is_address(self.target.host) else None
             upstream = context.wrap_socket(upstream, server_hostname=name)
         upstream.settimeout(None)
         return upstream
 
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
+        # Non-blocking towards the camera: over TLS 1.3 a readable socket may hold only a session
+        # ticket, and a blocking read would then wait for the camera while FFmpeg's request waits here.
+        upstream.setblocking(False)
         from_camera = b""
         while not self._stop.is_set():
             ready, _, _ = select.select([client, upstream], [], [], 0.2)
@@ -115,7 +142,8 @@ class RtspRelay:
                 if not data:
                     return
                 if sock is client:
-                    upstream.sendall(data)
+                    if not self._send(upstream, data):
+                        return
                     continue
                 from_camera += data
                 try:
@@ -126,6 +154,18 @@ class RtspRelay:
                     return
                 if passed:
                     client.sendall(passed)
+
+    def _send(self, sock: socket.socket, data: bytes) -> bool:
+        """All of ``data`` to the non-blocking ``sock``; False when it is gone (or the relay stops)."""
+        view = memoryview(data)
+        while view and not self._stop.is_set():
+            try:
+                view = view[sock.send(view):]
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                select.select([sock], [sock], [], 0.2)
+            except OSError:
+                return False
+        return not view
 
     def _check(self, buffer: bytes) -> tuple[bytes, bytes]:
         """The whole messages at the start of ``buffer`` (checked, maybe rewritten), and the rest."""

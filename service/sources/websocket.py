@@ -29,6 +29,7 @@ from service.logs import kv
 from service.metrics import Metrics
 from service.registry import LoadedModel
 from service.settings import Settings
+from service.sources.budget import DecodeBudget
 from service.sources.decode import VideoStreamDecoder, image_work, sniff
 from service.sources.frames import Resampler
 from service.sources.ingest import FrameSink
@@ -54,8 +55,9 @@ def valid_pts(value: object) -> float | None:
 
 class WebSocketInput:
     def __init__(self, record: SessionRecord, model: LoadedModel, settings: Settings, sink: FrameSink,
-                 metrics: Metrics, pool: Executor | None):
+                 metrics: Metrics, pool: Executor | None, budget: DecodeBudget | None = None):
         self.session_id = record.session_id
+        self.budget = budget
         self.model = model
         self.settings = settings
         self.sink = sink
@@ -145,7 +147,7 @@ class WebSocketInput:
             self._video = VideoStreamDecoder(
                 self._pipe, model.frame_rate, model.input_size, settings.max_frame_pixels,
                 stream_fps=self.stream_fps, short_side=model.short_side, exact=settings.exact_preprocess,
-                low_delay=not self.block, name=f"video-{self.session_id}")  # block: a recording
+                low_delay=not self.block, name=f"video-{self.session_id}", budget=self.budget)  # block: a recording
             self._video.start()
         log.info(kv("input_opened", session_id=self.session_id, mode=mode))
 

@@ -121,11 +121,6 @@ class Settings(BaseSettings):
         description="Undecoded video bytes buffered per stream before the socket stops reading.",
     )
     decode_threads: int = Field(2, ge=1, description="Threads decoding still images.")
-    exact_preprocess: bool = Field(
-        True, description="Resize with model.preprocess (as the model's evaluation does); false: swscale, faster."
-    )
-
-    # Server-side sources: RTSP cameras, WebRTC peers.
     decode_budget_pixels: int = Field(
         2 * 3840 * 2160, ge=0, description="Coded pixels of the video streams (WebSocket video, RTSP) this "
         "process decodes at once: two 4K, eight 1080p or 54 640x480 streams (a decoder holds ~25 bytes per "
@@ -135,18 +130,23 @@ class Settings(BaseSettings):
         "30 fps); a faster stream is slowed (its sender by TCP). 0: no limit.")
     decode_nice: int = Field(5, ge=0, le=19, description="How much nicer decode threads run than the event loop "
                              "and the inference thread, which serve every session (Linux). 0: the same.")
+    exact_preprocess: bool = Field(
+        True, description="Resize with model.preprocess (as the model's evaluation does); false: swscale, faster."
+    )
+
+    # Server-side sources: RTSP cameras, WebRTC peers.
     rtsp_allow_private_addresses: bool = Field(
         False, description="Let RTSP sources open private, loopback and link-local addresses (cameras on "
         "the LAN, tests). Off by default: a client must not make the server reach its own network.")
+    rtsps_verify: bool = Field(True, description="Check an rtsps:// camera's TLS certificate and name (the "
+                               "system's CAs and rtsps_ca_file). Off: any certificate, for self-signed cameras.")
+    rtsps_ca_file: str | None = Field(None, description="A PEM file of CAs (or self-signed camera certificates) "
+                                      "trusted for rtsps:// cameras, beside the system's.")
     webrtc_ice_servers: list[dict[str, Any]] = Field(
         default_factory=list, description='STUN/TURN servers for WebRTC peers, as JSON: [{"urls": '
         '"turn:turn.example.org:3478", "username": "u", "credential": "p"}]; given to clients too. '
         "Empty: host candidates only (no outside STUN server).")
 
-    rtsps_verify: bool = Field(True, description="Check an rtsps:// camera's TLS certificate and name (the "
-                               "system's CAs and rtsps_ca_file). Off: any certificate, for self-signed cameras.")
-    rtsps_ca_file: str | None = Field(None, description="A PEM file of CAs (or self-signed camera certificates) "
-                                      "trusted for rtsps:// cameras, beside the system's.")
     # Inference.
     max_batch: int = Field(64, ge=1, description="Most sessions in one forward.")
     batch_wait_ms: float = Field(0.0, ge=0, description="Wait this long for more sessions before a forward.")
@@ -203,11 +203,6 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
-    @property
-    def ws_transport_max_bytes(self) -> int:
-        """The WebSocket layer's own cap: above it the socket closes with 1009.
-
-        Kept well above ``max_message_bytes`` so that an oversized message gets a polite error
     @field_validator("rtsps_ca_file")
     @classmethod
     def _readable_ca_file(cls, value: str | None) -> str | None:
@@ -220,6 +215,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"not a readable PEM file of certificates ({type(exc).__name__})") from None
         return value
 
+    @property
+    def ws_transport_max_bytes(self) -> int:
+        """The WebSocket layer's own cap: above it the socket closes with 1009.
+
+        Kept well above ``max_message_bytes`` so that an oversized message gets a polite error
         and the connection goes on; only absurd messages cost the connection.
         """
         return 4 * self.max_message_bytes

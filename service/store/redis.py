@@ -208,26 +208,13 @@ class RedisStreamLog:
         found = await self._take(cursors)
         if found or timeout <= 0:
             return found
-        # Nothing yet: wait (without polling) until one of the streams grows. What the wait brings is
-        # the first frame after each cursor: marked taken as it is (TAKE_SEEN), not read again.
+        # Nothing yet: wait (without polling) until one of the streams grows, then take.
         streams = {keys.frames(sid): f"{cursor}-0" for sid, (_, cursor) in cursors.items()}
         block = max(1, int(timeout * 1000))
         reply = await (self._wait_slots(streams, block) if self._l.clustered
                        else self._r.xread(streams, count=1, block=block))
-        arrived: dict[str, Frame] = {}
-        for stream, entries in reply or []:
-            sid = stream.decode().split("{", 1)[1].split("}", 1)[0]
-            if entries and sid in cursors:
-                arrived[sid] = frame_from_entry(*entries[0])
-        if not arrived:
-            return {}
-        order = list(arrived)
-        marks = await self._l.pipelined([
-            script_call(self._s.take_seen, [keys.session(sid), keys.lease(sid), keys.frames(sid)],
-                        [self._owner(cursors[sid][0]), arrived[sid].seq]) for sid in order])
-        found = {sid: arrived[sid] for sid, mark in zip(order, marks, strict=True) if mark == 1}
-        dropped = {sid: cursors[sid] for sid, mark in zip(order, marks, strict=True) if mark == 0}
-        return {**found, **(await self._take(dropped) if dropped else {})}  # dropped meanwhile: the next one
+        arrived = {stream.decode().split("{", 1)[1].split("}", 1)[0] for stream, entries in reply or [] if entries}
+        return await self._take({sid: cursors[sid] for sid in arrived if sid in cursors}) if arrived else {}
 
     async def _wait_slots(self, streams: dict[str, str], block_ms: int) -> list[Any]:
         """A Cluster refuses an ``XREAD`` over keys of several slots: one per slot, at once, and

@@ -177,32 +177,17 @@ local checkpoint = redis.call('HMGET', KEYS[3], 'seq', 'data')
 return {'ok', token, processed, checkpoint[1] or '0', checkpoint[2] or ''}
 """
 
-MARK_TAKEN_LUA = """
-local function mark_taken(session, seq)
-  if seq > tonumber(redis.call('HGET', session, 'taken_seq') or '0') then
-    redis.call('HSET', session, 'taken_seq', seq)
-  end
-end
-"""
-
 # KEYS: session, lease, frames. ARGV: owner, cursor. The first frame after the cursor, marked taken;
 # {} when there is none yet, -1 when the lease is stale.
-TAKE = MARK_TAKEN_LUA + """
+TAKE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 local entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[2] .. '-0', '+', 'COUNT', 1)
 if #entries == 0 then return {} end
-mark_taken(KEYS[1], tonumber(string.match(entries[1][1], '^%d+')))
+local seq = tonumber(string.match(entries[1][1], '^%d+'))
+if seq > tonumber(redis.call('HGET', KEYS[1], 'taken_seq') or '0') then
+  redis.call('HSET', KEYS[1], 'taken_seq', seq)
+end
 return entries[1]
-"""
-
-# KEYS: session, lease, frames. ARGV: owner, seq. Marks taken a frame the worker has already read
-# (its XREAD wait brought it, the first after its cursor), without sending it again: 1; 0 when it is
-# no longer logged (dropped meanwhile); -1 when the lease is stale.
-TAKE_SEEN = MARK_TAKEN_LUA + """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-if #redis.call('XRANGE', KEYS[3], ARGV[2] .. '-0', ARGV[2] .. '-0') == 0 then return 0 end
-mark_taken(KEYS[1], tonumber(ARGV[2]))
-return 1
 """
 
 # A key a script creates (the first result, event or checkpoint) lives as long as the session's
@@ -298,6 +283,6 @@ class Scripts:
     """Every script above, registered on a client (``scripts.append(keys=..., args=...)``)."""
 
     def __init__(self, client: Any) -> None:
-        for name in ("CREATE", "ADMIT", "ADMIT_CLIENT", "RECORD", "ADD", "SET", "TOUCH", "APPEND", "BACKLOG", "CLAIM", "TAKE", "TAKE_SEEN",
+        for name in ("CREATE", "ADMIT", "ADMIT_CLIENT", "RECORD", "ADD", "SET", "TOUCH", "APPEND", "BACKLOG", "CLAIM", "TAKE",
                      "COMMIT", "RENEW", "RELEASE", "PRODUCER", "UNPRODUCE"):
             setattr(self, name.lower(), client.register_script(globals()[name]))

@@ -11,6 +11,12 @@ address) on each gateway: a token bucket of ``create_burst`` that refills at
 In the embedded default the load is the in-process worker's; in a pool it is what the workers
 publish with their heartbeats (:meth:`service.store.StreamLog.pool_load`), read at most once a
 second.
+
+Lag grows only once the load is past what the workers carry, and a session admitted now shows in it
+seconds later: sessions arriving one after another would all be admitted while it builds. So once
+the lag is past ``WARN_SHARE`` of the limit, new sessions are admitted one per
+``admission_probe_s`` (the others get 503 ``saturated`` with ``Retry-After``): each one's load
+shows before the next is let in.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ if TYPE_CHECKING:
     from service.worker.loop import InferenceLoop
 
 POOL_LOAD_EVERY_S = 1.0
+WARN_SHARE = 1 / 3  # of admission_max_lag_s: past it, sessions are admitted one at a time
 MAX_CLIENTS_TRACKED = 10_000  # buckets kept; the oldest go first
 
 
@@ -38,6 +45,8 @@ class Admission:
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
         self._pool: list[WorkerLoad] = []
         self._pool_at = 0.0
+        self._lag_s = 0.0  # the least lag of a worker that can take a session, at the last look
+        self._probe_at = -math.inf
 
     def check_rate(self, client: str) -> None:
         """Spend one create from ``client``'s bucket, or raise 429."""
@@ -71,6 +80,7 @@ class Admission:
             loads = self._pool
         if not loads:
             return None  # no worker has said anything yet (a pool starting): nothing to go by
+        self._lag_s = min((load.lag_s for load in loads if load.held < load.max_sessions), default=0.0)
         if all(load.held >= load.max_sessions or load.lag_s > limit for load in loads):  # none can take one
             if all(load.held >= load.max_sessions for load in loads):
                 return "every worker holds its maximum of sessions"
@@ -83,3 +93,12 @@ class Admission:
         if reason is not None:
             raise ApiError(503, "saturated", f"the service is at capacity ({reason}); retry later",
                            headers={"Retry-After": "5"})
+        limit, apart = self.settings.admission_max_lag_s, self.settings.admission_probe_s
+        if apart and self._lag_s > limit * WARN_SHARE:  # near capacity: one new session at a time
+            now = time.monotonic()
+            if now - self._probe_at < apart:
+                wait = math.ceil(apart - (now - self._probe_at))
+                raise ApiError(503, "saturated", f"the service is near capacity (frames wait {self._lag_s:.2f} s "
+                               f"for inference, limit {limit:g} s): one new session is admitted every "
+                               f"{apart:g} s; retry in {wait} s", headers={"Retry-After": str(wait)})
+            self._probe_at = now

@@ -29,8 +29,8 @@ from service.metrics import Metrics
 from service.options import BackpressureOptions, EventOptions, SessionOptions, SourceOptions, WindowOptions
 from service.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
-from service.sources.ingest import FrameSink
 from service.sources.budget import DecodeBudget
+from service.sources.ingest import FrameSink
 from service.sources.rtsp import RtspPuller
 from service.sources.urls import RtspUrl, check_source, check_webhook
 from service.store import STORE_ERRORS, ClientSessionsFull, SessionRecord, SessionsFull, Store

@@ -93,8 +93,12 @@ class Settings(BaseSettings):
         30.0, ge=0, description="A session that never got a frame expires this long after its creation (0: "
         "the idle timeout only); RTSP sessions are exempt (their camera may take a while).")
     admission_max_lag_s: float = Field(
-        1.0, gt=0, description="New sessions get 503 + Retry-After while frames wait longer than this for "
+        0.25, gt=0, description="New sessions get 503 + Retry-After while frames wait longer than this for "
         "inference on every worker (or every worker holds its maximum): admitted sessions keep their latency.")
+    admission_probe_s: float = Field(
+        3.0, ge=0, description="Once frames wait over a third of admission_max_lag_s, new sessions are admitted "
+        "one per this many seconds (the others: 503 saturated + Retry-After), so that each one's load shows "
+        "in the lag before the next is let in. 0: off.")
     max_sessions_per_client: int = Field(
         64, ge=0, description="Live sessions one client (API key, else address) may hold at once, across "
         "gateways; beyond it 429 + Retry-After until one of them is deleted or expires. 0: no limit.")

@@ -30,6 +30,7 @@ class Held:
     backlog: int = 0  # frames waiting after the last commit
     webhook_url: str | None = None  # the session's events also go here
     last_frame_at: float = field(default_factory=time.monotonic)
+    served_at: float = 0.0  # unix seconds: when the last tick that had its frame began
 
     @property
     def session_id(self) -> str:

@@ -44,3 +44,48 @@ def test_a_saturated_worker_refuses_new_sessions_and_readyz_says_so(plumbing_wei
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "saturated"
     assert refused.headers["Retry-After"] == "5"
     assert ready.status_code == 503 and any(r.startswith("saturated") for r in ready.json()["reasons"])
+
+
+def test_near_capacity_sessions_are_admitted_one_at_a_time(monkeypatch):
+    """Past a third of the lag limit one new session per admission_probe_s is let in, so that its
+    load shows in the lag before the next; past the limit none."""
+    from service import admission as module
+    from service.admission import Admission
+    from service.errors import ApiError
+    from service.settings import Settings
+    from service.store import WorkerLoad
+
+    class Worker:
+        lag_s = 0.0
+
+        def load(self) -> WorkerLoad:
+            return WorkerLoad("w", 10, 256, self.lag_s)
+
+    clock = [100.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: clock[0])
+    worker = Worker()
+    gate = Admission(Settings(admission_max_lag_s=0.3, admission_probe_s=3.0), store=None, inference=worker)
+
+    def admitted() -> bool | str:
+        try:
+            asyncio.run(gate.check_load())
+            return True
+        except ApiError as exc:
+            assert exc.status == 503 and exc.code == "saturated"
+            return exc.headers["Retry-After"]
+
+    assert [admitted() for _ in range(5)] == [True] * 5  # lag well under a third of the limit
+    worker.lag_s = 0.15  # half the limit: near capacity
+    assert admitted() is True
+    assert admitted() == "3"
+    clock[0] += 2.2
+    assert admitted() == "1"
+    clock[0] += 0.8
+    assert admitted() is True and admitted() == "3"
+    worker.lag_s = 0.31  # past the limit: none
+    clock[0] += 10
+    assert admitted() == "5"
+    off = Admission(Settings(admission_max_lag_s=0.3, admission_probe_s=0), store=None, inference=worker)
+    worker.lag_s = 0.2
+    asyncio.run(off.check_load())
+    asyncio.run(off.check_load())  # 0: no probing

@@ -28,9 +28,9 @@ from service.errors import ApiError, public_reason
 from service.logs import kv
 from service.metrics import Metrics
 from service.registry import ModelRegistry, resolve_device
-from service.sources.budget import lower_priority
 from service.sessions import SessionService
 from service.settings import Settings
+from service.sources.budget import lower_priority
 from service.store import STORE_ERRORS, create_store
 from service.worker.loop import InferenceLoop
 

@@ -28,9 +28,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from service.errors import MediaError
 from service.logs import kv
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 log = logging.getLogger("service.sources.budget")
 
@@ -66,7 +70,7 @@ class DecodeBudget:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings) -> DecodeBudget:  # noqa: ANN001 - service.settings.Settings
+    def from_settings(cls, settings: Settings) -> DecodeBudget:
         return cls(settings.decode_budget_pixels, settings.decode_max_pixel_rate, settings.decode_nice)
 
     def stream(self, stopped: Callable[[], bool] = lambda: False) -> StreamBudget:

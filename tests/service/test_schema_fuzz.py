@@ -22,7 +22,14 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from websockets.asyncio.client import connect
 
-from tests.service.conftest import collect_until_close, moving_frames, results_of, run_server, send_images, stream_url
+from tests.service.conftest import (
+    collect_until_close,
+    moving_frames,
+    results_of,
+    run_server,
+    send_images,
+    stream_url,
+)
 from tests.service.test_fuzz import EXAMPLES, LEAKS
 
 pytestmark = pytest.mark.service

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from service.errors import ApiError
@@ -38,8 +39,10 @@ MAX_CLIENTS_TRACKED = 10_000  # buckets kept; the oldest go first
 
 
 class Admission:
-    def __init__(self, settings: Settings, store: Store, inference: InferenceLoop | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store, inference: InferenceLoop | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.clock = clock
         self.store = store
         self.inference = inference
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
@@ -52,7 +55,7 @@ class Admission:
         """Spend one create from ``client``'s bucket, or raise 429."""
         rate = self.settings.create_rate_per_min / 60.0
         burst = float(self.settings.create_burst)
-        now = time.monotonic()
+        now = self.clock()
         tokens, at = self._buckets.pop(client, (burst, now))
         tokens = min(burst, tokens + (now - at) * rate)
         if tokens < 1.0:
@@ -70,7 +73,7 @@ class Admission:
         if self.inference is not None:  # this process's worker
             loads = [self.inference.load()]
         else:
-            now = time.monotonic()
+            now = self.clock()
             if now - self._pool_at > POOL_LOAD_EVERY_S:
                 self._pool_at = now
                 try:
@@ -88,17 +91,27 @@ class Admission:
             return f"frames wait {min(lagging):.1f} s for inference (limit {limit:g} s)"
         return None
 
-    async def check_load(self) -> None:
+    async def check_load(self) -> float | None:
+        """Raise 503 ``saturated``, or take the probe slot near capacity: then what :meth:`give_back`
+        needs when the create fails after all (a refused URL, a quota, an unknown model must not
+        spend the one admission of the next few seconds)."""
         reason = await self.saturated()
         if reason is not None:
             raise ApiError(503, "saturated", f"the service is at capacity ({reason}); retry later",
                            headers={"Retry-After": "5"})
         limit, apart = self.settings.admission_max_lag_s, self.settings.admission_probe_s
         if apart and self._lag_s > limit * WARN_SHARE:  # near capacity: one new session at a time
-            now = time.monotonic()
+            now = self.clock()
             if now - self._probe_at < apart:
                 wait = math.ceil(apart - (now - self._probe_at))
                 raise ApiError(503, "saturated", f"the service is near capacity (frames wait {self._lag_s:.2f} s "
                                f"for inference, limit {limit:g} s): one new session is admitted every "
                                f"{apart:g} s; retry in {wait} s", headers={"Retry-After": str(wait)})
-            self._probe_at = now
+            taken, self._probe_at = self._probe_at, now
+            return taken
+        return None
+
+    def give_back(self, taken: float | None) -> None:
+        """The create that took the probe slot failed: the next one may have it."""
+        if taken is not None:
+            self._probe_at = taken

@@ -145,7 +145,15 @@ class SessionService:
         """A new session for ``client`` (an API key's hash or an address: the rate limit's key)."""
         if client is not None:
             self.admission.check_rate(client)
-        await self.admission.check_load()
+        taken = await self.admission.check_load()  # before a model is loaded for it
+        try:
+            return await self._create(request, source, client)
+        except BaseException:
+            self.admission.give_back(taken)
+            raise
+
+    async def _create(self, request: SessionCreate, source: str | None,
+                      client: str | None) -> tuple[SessionRecord, str, LoadedModel]:
         if await self.store.sessions.count() >= self.settings.max_sessions:
             raise self._full()  # early, before loading a model; the create itself checks atomically
         camera = None

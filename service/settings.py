@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     decode_max_pixel_rate: float = Field(
         1920 * 1080 * 30, ge=0, description="Coded pixels per second one video stream may decode (1080p at "
         "30 fps); a faster stream is slowed (its sender by TCP). 0: no limit.")
+    decode_total_pixel_rate: float | None = Field(
+        None, ge=0, description="Coded pixels per second all video streams of this process may decode "
+        "together; unset: a 1080p30 stream's worth per core. 0: no limit.")
     decode_nice: int = Field(5, ge=0, le=19, description="How much nicer decode threads run than the event loop "
                              "and the inference thread, which serve every session (Linux). 0: the same.")
     exact_preprocess: bool = Field(

@@ -11,9 +11,11 @@ stream from taking what other sessions need:
   reserves its coded size when the demuxer has parsed it, before its first picture is decoded; one
   that does not fit is refused with ``decoder_busy`` (retry later, or send a smaller stream) and
   holds nothing. The reservation goes back when the stream ends.
-* **Pace**: each stream decodes at most ``decode_max_pixel_rate`` coded pixels per second (a token
-  bucket holding one second): over it the decoder thread waits, so a WebSocket sender is slowed by
-  TCP, as it is when the decoder falls behind, and an RTSP camera's stream falls behind.
+* **Pace**: each stream decodes at most ``decode_max_pixel_rate`` coded pixels per second, and all
+  of them together at most ``decode_total_pixel_rate`` (token buckets holding one second): over
+  either the decoder thread waits, so a WebSocket sender is slowed by TCP, as it is when the
+  decoder falls behind, and an RTSP camera's stream falls behind. The total bounds what many small
+  streams (the pixel budget admits hundreds) can take from the cores.
 * **Priority**: decode threads (video, RTSP, still images) run ``decode_nice`` steps nicer than the
   event loop and the inference thread, which serve every session: when the cores are short, a
   session's decoding waits, not everyone's labels.
@@ -54,15 +56,51 @@ def lower_priority(steps: int) -> None:
         pass
 
 
+class _Bucket:
+    """A token bucket of pixels per second holding one second; shared between threads when ``lock``."""
+
+    def __init__(self, rate: float, clock: Callable[[], float], lock: threading.Lock | None = None) -> None:
+        self.rate, self.clock, self.lock = rate, clock, lock
+        self.tokens = float(rate)  # a second's worth to start with
+        self.at = clock()
+
+    def deficit_s(self) -> float:
+        """How long until the bucket is out of debt (0: a picture may be decoded now)."""
+        if not self.rate:
+            return 0.0
+        with self.lock or _NO_LOCK:
+            now = self.clock()
+            self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+            return max(0.0, -self.tokens / self.rate)
+
+    def spend(self, pixels: int) -> None:
+        if self.rate:
+            with self.lock or _NO_LOCK:
+                self.tokens -= pixels
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
+
+
 class DecodeBudget:
-    """Coded pixels shared by the streams being decoded; see the module docstring."""
+    """Coded pixels shared by the streams being decoded, and their pace; see the module docstring."""
 
     def __init__(self, max_pixels: int = 0, max_pixel_rate: float = 0.0, nice: int = 0, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 total_pixel_rate: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_pixels = max_pixels
         self.max_pixel_rate = max_pixel_rate
         self.nice = nice
         self.clock = clock
+        self.total = _Bucket(total_pixel_rate, clock, threading.Lock())  # every stream's decoding together
         self.reserved = 0  # coded pixels of the streams decoding now
         self.streams = 0
         self.refused = 0  # streams refused since the start
@@ -71,44 +109,47 @@ class DecodeBudget:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DecodeBudget:
-        return cls(settings.decode_budget_pixels, settings.decode_max_pixel_rate, settings.decode_nice)
+        total = settings.decode_total_pixel_rate
+        if total is None:  # a 1080p30 stream's worth per core
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            total = cores * 1920 * 1080 * 30
+        return cls(settings.decode_budget_pixels, settings.decode_max_pixel_rate, settings.decode_nice,
+                   total_pixel_rate=total)
 
-    def stream(self, stopped: Callable[[], bool] = lambda: False) -> StreamBudget:
-        return StreamBudget(self, stopped)
+    def stream(self, stopped: Callable[[], bool] = lambda: False, name: str = "") -> StreamBudget:
+        return StreamBudget(self, stopped, name)
 
-    def _take(self, pixels: int) -> None:
+    def _resize(self, old: int, new: int, name: str) -> None:
+        """A stream's reservation from ``old`` to ``new`` pixels, in one step (a stream that shrinks
+        is never refused); ``decoder_busy`` if ``new`` does not fit (``old`` is then kept)."""
         with self._lock:
-            if self.max_pixels and self.reserved + pixels > self.max_pixels:
-                busy, streams = self.reserved, self.streams
-            else:
-                self.reserved += pixels
-                self.streams += 1
+            if not (self.max_pixels and new > old and self.reserved - old + new > self.max_pixels):
+                self.reserved += new - old
+                self.streams += (new > 0) - (old > 0)
                 return
-        self.refused += 1
-        now = self.clock()
-        if now - self._logged_at >= REFUSAL_LOG_EVERY_S:  # a client retrying at once must not flood the log
-            self._logged_at = now
-            log.warning(kv("decode_refused", pixels=pixels, reserved=busy, streams=streams, budget=self.max_pixels,
-                           refused_total=self.refused))
+            busy, streams = self.reserved, self.streams
+            self.refused += 1
+            now = self.clock()
+            logged = now - self._logged_at >= REFUSAL_LOG_EVERY_S
+            if logged:
+                self._logged_at = now
+        if logged:  # at most every REFUSAL_LOG_EVERY_S: a client retrying at once must not flood the log
+            log.warning(kv("decode_refused", source=name, pixels=new, reserved=busy, streams=streams,
+                           budget=self.max_pixels, refused_total=self.refused))
         raise MediaError("decoder_busy", (
             f"the server is decoding as many video pixels as it allows ({streams} streams, "
             f"{busy / 1e6:.1f} of {self.max_pixels / 1e6:.1f} Mpx); retry later or send a smaller video"))
-
-    def _give(self, pixels: int) -> None:
-        with self._lock:
-            self.reserved -= pixels
-            self.streams -= 1
 
 
 class StreamBudget:
     """One stream's share: its reservation and its pace (used by the stream's decoder thread only)."""
 
-    def __init__(self, budget: DecodeBudget, stopped: Callable[[], bool]) -> None:
+    def __init__(self, budget: DecodeBudget, stopped: Callable[[], bool], name: str = "") -> None:
         self.budget = budget
         self.stopped = stopped
+        self.name = name
         self.pixels = 0  # reserved
-        self._tokens = float(budget.max_pixel_rate)  # a second's worth to start with
-        self._at = budget.clock()
+        self._own = _Bucket(budget.max_pixel_rate, budget.clock)
 
     def __enter__(self) -> StreamBudget:
         return self
@@ -119,28 +160,21 @@ class StreamBudget:
     def reserve(self, width: int, height: int) -> None:
         """Hold ``width x height`` coded pixels (again after a size change); ``decoder_busy`` if they do not fit."""
         pixels = width * height
-        if pixels == self.pixels:
-            return
-        self.release()
-        self.budget._take(pixels)
-        self.pixels = pixels
+        if pixels != self.pixels:
+            self.budget._resize(self.pixels, pixels, self.name)
+            self.pixels = pixels
 
     def release(self) -> None:
         if self.pixels:
-            self.budget._give(self.pixels)
+            self.budget._resize(self.pixels, 0, self.name)
             self.pixels = 0
 
     def pace(self, pixels: int, sleep: Callable[[float], None] = time.sleep) -> None:
-        """Spend ``pixels`` of this stream's rate, waiting first while it is overspent."""
-        rate = self.budget.max_pixel_rate
-        if not rate:
-            return
-        now = self.budget.clock()
-        self._tokens = min(rate, self._tokens + (now - self._at) * rate)
-        self._at = now
-        while self._tokens < 0 and not self.stopped():
-            sleep(min(PACE_SLICE_S, max(PACE_MIN_S, -self._tokens / rate)))
-            now = self.budget.clock()
-            self._tokens = min(rate, self._tokens + (now - self._at) * rate)
-            self._at = now
-        self._tokens -= pixels
+        """Spend ``pixels`` of this stream's rate and of every stream's, waiting first while either is overspent."""
+        while not self.stopped():
+            wait = max(self._own.deficit_s(), self.budget.total.deficit_s())
+            if wait <= 0:
+                break
+            sleep(min(PACE_SLICE_S, max(PACE_MIN_S, wait)))
+        self._own.spend(pixels)
+        self.budget.total.spend(pixels)

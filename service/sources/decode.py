@@ -257,7 +257,7 @@ class VideoStreamDecoder:
                 return fit_frame(picture, self.size, self.short_side, self.exact)
 
             stopped = lambda: self.pipe.closed  # noqa: E731
-            with self.budget.stream(stopped) as share:
+            with self.budget.stream(stopped, self._thread.name) as share:
                 for frame in model_frames(container, stream, self.resampler, fit, self.max_pixels, self.pipe.error,
                                           timestamp=self._timestamp, stopped=stopped, budget=share):
                     if not self.pipe.put(frame):

@@ -170,12 +170,13 @@ class RtspPuller:
         failures = 0  # connections in a row that gave no frame
         while not self._stop.is_set():
             self._pipe.event("connecting")
-            self._opened = streamed = False
+            self._opened = streamed = busy = False
             try:
                 streamed = self._pull_once()
                 error = "the stream ended"
             except (SourceRefused, MediaError) as exc:  # MediaError: frame_too_large, decoder_busy
-                error = exc.message
+                error = f"{exc.code}: {exc.message}"
+                busy = exc.code == "decoder_busy"  # the server's state, not the camera's: no failure counted
             except av.error.ExitError:  # PyAV's timeout (interrupt callback)
                 error = (f"no data for {self.read_timeout_s:g} s" if self._opened
                          else f"the camera did not answer within {self.open_timeout_s:g} s")
@@ -186,7 +187,7 @@ class RtspPuller:
                 log.error(kv("rtsp_thread_error", session_id=self.session_id, error=error))
             if self._stop.is_set():
                 return
-            failures = 0 if streamed else failures + 1
+            failures = 0 if streamed else failures + (not busy)
             if self.max_reconnects is not None and failures > self.max_reconnects:
                 self._pipe.event("disconnected", (error, None))
                 return
@@ -251,7 +252,7 @@ class RtspPuller:
             error.message = redact(error.message)
             pipe.error(error)
 
-        with self.budget.stream(self._stop.is_set) as share:
+        with self.budget.stream(self._stop.is_set, f"rtsp-{self.session_id}") as share:
             for frame in model_frames(container, stream, Resampler(self.model.frame_rate), fit, self.max_pixels,
                                       corrupt, timestamp=timestamp, stopped=self._stop.is_set, budget=share):
                 streamed = True

@@ -129,8 +129,9 @@ class RtspRelay:
         upstream.setblocking(False)
         from_camera = b""
         while not self._stop.is_set():
-            ready, _, _ = select.select([client, upstream], [], [], 0.2)
-            if isinstance(upstream, ssl.SSLSocket) and upstream.pending():
+            buffered = isinstance(upstream, ssl.SSLSocket) and upstream.pending() > 0  # decrypted, not read yet
+            ready, _, _ = select.select([client, upstream], [], [], 0 if buffered else 0.2)
+            if buffered:
                 ready = [*ready, upstream]
             for sock in dict.fromkeys(ready):
                 try:
@@ -161,8 +162,10 @@ class RtspRelay:
         while view and not self._stop.is_set():
             try:
                 view = view[sock.send(view):]
-            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-                select.select([sock], [sock], [], 0.2)
+            except ssl.SSLWantReadError:  # TLS needs the peer's bytes first (renegotiation)
+                select.select([sock], [], [], 0.2)
+            except (ssl.SSLWantWriteError, BlockingIOError):  # the send buffer is full: wait for room only
+                select.select([], [sock], [], 0.2)
             except OSError:
                 return False
         return not view

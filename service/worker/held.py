@@ -30,7 +30,18 @@ class Held:
     backlog: int = 0  # frames waiting after the last commit
     webhook_url: str | None = None  # the session's events also go here
     last_frame_at: float = field(default_factory=time.monotonic)
-    served_at: float = 0.0  # unix seconds: when the last tick that had its frame began
+    pts_offset: float | None = None  # arrival - pts of its stream's first frame (when frames are due)
+    last_pts: float | None = None
+
+    def due_at(self, received_at: float, pts: float | None) -> float:
+        """When a frame was due by its stream's clock: the first frame's arrival, moved on by pts. A
+        client sending a recording faster than real time sends frames before they are due."""
+        if pts is None:
+            return received_at
+        if self.pts_offset is None or (self.last_pts is not None and pts < self.last_pts):  # a new stream
+            self.pts_offset = received_at - pts
+        self.last_pts = pts
+        return pts + self.pts_offset
 
     @property
     def session_id(self) -> str:

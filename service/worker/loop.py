@@ -147,9 +147,9 @@ class InferenceLoop:
 
     def _observe_lag(self, lag: float) -> None:
         """How long the worker kept a frame taken this tick waiting, at most: since it came, or, when
-        its session had frames queued (a client sending faster than real time), since the previous
-        frame's turn. So one client flooding its own backlog does not make the worker look full, and
-        many real-time sessions that it serves too slowly do."""
+        it came before its stream's clock said (a client sending a recording faster than real time),
+        since it was due. So one client flooding its own backlog does not make the worker look full,
+        and real-time sessions it serves too slowly do, however short its ticks."""
         self._lag_s = 0.8 * self._lag_s + 0.2 * lag if time.monotonic() - self._lag_at < 5.0 else lag
         self._lag_at = time.monotonic()
 
@@ -245,11 +245,10 @@ class InferenceLoop:
         waiting = sorted(((self._held[sid], frame) for sid, frame in frames.items() if sid in self._held),
                          key=lambda item: item[1].received_at)
         now = time.time()
-        if waiting:  # what the worker made them wait: since they came, or since its previous frame's turn
-            self._observe_lag(max(now - max(frame.received_at, held.served_at) for held, frame in waiting))
+        if waiting:  # what the worker made them wait: since they came, or since they were due
+            self._observe_lag(max(now - max(frame.received_at, held.due_at(frame.received_at, frame.pts))
+                                  for held, frame in waiting))
         batch = waiting[: self.max_batch]
-        for held, _ in batch:
-            held.served_at = now
         groups: dict[tuple[str, int | None], list[tuple[Held, Step]]] = {}
         for held, frame in batch:
             groups.setdefault(held.state.group, []).append((held, Step(held.state, frame)))

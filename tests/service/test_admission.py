@@ -46,10 +46,9 @@ def test_a_saturated_worker_refuses_new_sessions_and_readyz_says_so(plumbing_wei
     assert ready.status_code == 503 and any(r.startswith("saturated") for r in ready.json()["reasons"])
 
 
-def test_near_capacity_sessions_are_admitted_one_at_a_time(monkeypatch):
+def test_near_capacity_sessions_are_admitted_one_at_a_time():
     """Past a third of the lag limit one new session per admission_probe_s is let in, so that its
     load shows in the lag before the next; past the limit none."""
-    from service import admission as module
     from service.admission import Admission
     from service.errors import ApiError
     from service.settings import Settings
@@ -62,9 +61,9 @@ def test_near_capacity_sessions_are_admitted_one_at_a_time(monkeypatch):
             return WorkerLoad("w", 10, 256, self.lag_s)
 
     clock = [100.0]
-    monkeypatch.setattr(module.time, "monotonic", lambda: clock[0])
     worker = Worker()
-    gate = Admission(Settings(admission_max_lag_s=0.3, admission_probe_s=3.0), store=None, inference=worker)
+    gate = Admission(Settings(admission_max_lag_s=0.3, admission_probe_s=3.0), store=None, inference=worker,
+                     clock=lambda: clock[0])
 
     def admitted() -> bool | str:
         try:
@@ -78,9 +77,15 @@ def test_near_capacity_sessions_are_admitted_one_at_a_time(monkeypatch):
     worker.lag_s = 0.15  # half the limit: near capacity
     assert admitted() is True
     assert admitted() == "3"
-    clock[0] += 2.2
+    clock[0] += 2.5
     assert admitted() == "1"
-    clock[0] += 0.8
+    clock[0] += 0.75
+    assert admitted() is True and admitted() == "3"
+    # A create that took the slot and then failed (a refused URL, a quota) gives it back.
+    clock[0] += 3.25
+    taken = asyncio.run(gate.check_load())
+    assert taken is not None and admitted() == "3"
+    gate.give_back(taken)
     assert admitted() is True and admitted() == "3"
     worker.lag_s = 0.31  # past the limit: none
     clock[0] += 10
@@ -89,3 +94,15 @@ def test_near_capacity_sessions_are_admitted_one_at_a_time(monkeypatch):
     worker.lag_s = 0.2
     asyncio.run(off.check_load())
     asyncio.run(off.check_load())  # 0: no probing
+
+
+def test_a_frame_is_due_by_its_streams_clock_not_by_when_a_fast_client_sent_it():
+    from service.worker.held import Held
+
+    held = Held.__new__(Held)  # only the clock fields matter here
+    held.pts_offset = held.last_pts = None
+    assert held.due_at(1000.0, 0.0) == 1000.0  # the first frame anchors the stream's clock
+    assert held.due_at(1000.1, 1.0) == 1001.0  # sent 0.9 s ahead (a recording, faster than real time)
+    assert held.due_at(1003.0, 1.2) == pytest.approx(1001.2)  # late: due before it came
+    assert held.due_at(1010.0, 0.0) == 1010.0  # pts went back: a new stream, a new anchor
+    assert held.due_at(1011.0, None) == 1011.0  # no pts: due when it came

@@ -61,15 +61,40 @@ def test_a_stream_over_its_pixel_rate_waits_for_it():
     # needs the first nine's 2700 spent, less the second in hand).
     assert clock.now == pytest.approx(1.7, abs=0.06)
     assert max(clock.slept) <= 0.05 + 1e-9  # in slices: a stop is seen within 50 ms
-    clock.now += 10.0  # idle: the bucket refills to one second, no more
+    clock.now += 10.0  # idle: the bucket refills to one second (1000), no more
     before = clock.now
-    for _ in range(3):
-        share.pace(300, sleep=clock.sleep)
+    share.pace(1500, sleep=clock.sleep)  # within the second in hand: at once, 500 in debt
     assert clock.now == before
+    share.pace(100, sleep=clock.sleep)  # had 10 s refilled 10 s' worth, this would not wait
+    assert clock.now - before == pytest.approx(0.5, abs=0.01)
     stopped = DecodeBudget(max_pixel_rate=1.0, clock=clock).stream(stopped=lambda: True)
+    at = clock.now
     stopped.pace(10**6, sleep=clock.sleep)
     stopped.pace(10**6, sleep=clock.sleep)  # overspent, but stopped: returns at once
-    assert clock.now == before
+    assert clock.now == at
+
+
+def test_all_streams_together_are_held_to_the_total_rate():
+    clock = Clock()
+    budget = DecodeBudget(max_pixel_rate=1000.0, total_pixel_rate=1000.0, clock=clock)
+    first, second = budget.stream(name="a"), budget.stream(name="b")
+    first.pace(1000, sleep=clock.sleep)  # the whole second of the total goes to the first stream
+    second.pace(500, sleep=clock.sleep)  # its own bucket is full, the total is not: it waits for it
+    assert clock.now == 0.0  # the total had exactly 1000 in hand: the first spend took it to 0
+    second.pace(500, sleep=clock.sleep)  # now 500 in debt: half a second
+    assert clock.now == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_stream_that_shrinks_is_never_refused():
+    budget = DecodeBudget(max_pixels=1000)
+    big, other = budget.stream(), budget.stream()
+    big.reserve(40, 20)  # 800
+    other.reserve(10, 20)  # 200: full
+    big.reserve(20, 20)  # 400: gives back, never refused
+    assert (budget.reserved, budget.streams) == (600, 2)
+    with pytest.raises(MediaError):
+        big.reserve(50, 20)  # 1000 + 200 > 1000: refused, and the 400 it held are kept
+    assert (budget.reserved, big.pixels) == (600, 400)
 
 
 def test_decode_threads_run_nicer_than_the_caller():

@@ -16,8 +16,8 @@ It reports the canary's frame→label latency in both runs, its drops, whether i
 second run equal the first seq by seq, the server's peak resident memory (``VmHWM``) and what the
 hostile sockets heard (results, error codes). ``shipped`` runs the shipped settings; ``unlimited``
 turns the decode limits off (``MOVINET_DECODE_BUDGET_PIXELS=0``,
-``MOVINET_DECODE_MAX_PIXEL_RATE=0``, ``MOVINET_DECODE_NICE=0``), which is what the server did
-before they existed.
+``MOVINET_DECODE_MAX_PIXEL_RATE=0``, ``MOVINET_DECODE_TOTAL_PIXEL_RATE=0``,
+``MOVINET_DECODE_NICE=0``), which is what the server did before they existed.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from service_load import DEFAULT_VIDEO, free_port, load_frames, run_client  # no
 CONFIGS = {
     "shipped": {},
     "unlimited": {"MOVINET_DECODE_BUDGET_PIXELS": "0", "MOVINET_DECODE_MAX_PIXEL_RATE": "0",
-                  "MOVINET_DECODE_NICE": "0"},
+                  "MOVINET_DECODE_TOTAL_PIXEL_RATE": "0", "MOVINET_DECODE_NICE": "0"},
 }
 
 

@@ -11,6 +11,7 @@ route: ``MOVINET_FUZZ_EXAMPLES`` (default 300; 10000 for the long run), as in te
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import re
 import threading
@@ -135,9 +136,21 @@ def _operations() -> list[str]:
     from service.settings import Settings
 
     schema = create_app(Settings()).openapi()
+    # schemathesis imports its OpenAPI machinery lazily; done here, at collection, with a shallow
+    # stack: in the full suite a first import under hypothesis' raised recursion limit hit CPython
+    # 3.11's "AST constructor recursion depth mismatch" in pytest's assertion rewriting.
+    for result in schemathesis.openapi.from_dict(schema).get_all_operations():
+        result.ok().as_strategy()
+    for name in LAZY_MODULES:  # what it still imports on the first request (schemathesis 4.32)
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
     return [f"{method.upper()} {path}" for path, item in schema["paths"].items() for method in item]
 
 
+LAZY_MODULES = ("schemathesis.generation.body_overrides", "schemathesis.generation.dictionaries",
+                "schemathesis.transport.asgi", "schemathesis.transport.wsgi")
 OPERATIONS = _operations()
 
 

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from service_load import DEFAULT_VIDEO, free_port, load_frames, run_client  # noqa: E402
+from service_load import DEFAULT_VIDEO, free_port, load_frames, run_client, wait_ready  # noqa: E402
 
 CONFIGS = {
     "shipped": {},
@@ -123,18 +123,7 @@ def spawn(env_extra: dict[str, str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "MOVINET_PORT": str(port), "MOVINET_LOG_LEVEL": "warning", **env_extra}
     process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            raise SystemExit("the server exited during start-up")
-        time.sleep(0.2)
-    process.terminate()
-    raise SystemExit("the server did not become ready")
+    return process, wait_ready(process, f"http://127.0.0.1:{port}")
 
 
 def latency(stats: dict) -> dict:

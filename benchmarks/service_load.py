@@ -202,12 +202,16 @@ def spawn_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     if args.weights:
         command += ["--weights", args.weights]
     process = subprocess.Popen(command, cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    return process, wait_ready(process, f"http://127.0.0.1:{port}")
+
+
+def wait_ready(process: subprocess.Popen, url: str, timeout: float = 120.0) -> str:
+    """``url`` once the spawned server's ``/readyz`` says 200 (exits if the server dies or stays unready)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
+                return url
         except httpx.HTTPError:
             pass
         if process.poll() is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import schemathesis  # the `test` extra, as hypothesis: CI must not pass by skipping
 from hypothesis import HealthCheck, given, settings
 from websockets.asyncio.client import connect
 
@@ -31,8 +32,6 @@ from tests.service.conftest import (
     stream_url,
 )
 from tests.service.test_fuzz import EXAMPLES, LEAKS
-
-schemathesis = pytest.importorskip("schemathesis")  # the `test` extra
 
 pytestmark = pytest.mark.service
 

@@ -89,8 +89,9 @@ class StreamLog(Protocol):
         record's counters (``frames_received``, ``frames_dropped``, ``next_frame_index``).
 
         The backlog is the frames not yet processed; more than ``keep`` of them and the oldest
-        are deleted, never one that a worker has already taken. Raises ``KeyError`` for a
-        deleted session.
+        are deleted, never one that a worker has already taken. The same frame appended again
+        (``frame_index`` and ``received_at`` equal to the last append's: a resend after a lost
+        reply) gets that append's seq and logs nothing. Raises ``KeyError`` for a deleted session.
         """
         ...
 

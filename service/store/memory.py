@@ -127,6 +127,7 @@ class _Log:
     fence: int = 0
     lease: tuple[str, int, float] | None = None  # worker, token, expires (monotonic seconds)
     due: bool = False  # listed as claimable (Redis: in the ready set)
+    last_append: tuple[int, float] | None = None  # (frame_index, received_at) of the last frame appended
 
     def pending(self) -> int:
         return sum(1 for f in self.frames if f.seq > self.processed_seq)
@@ -156,6 +157,10 @@ class MemoryStreamLog:
         if record is None:
             raise KeyError(f"session {session_id} is gone")
         log = self._logs.setdefault(session_id, _Log())
+        if log.last_append == (frame.frame_index, frame.received_at):  # a resend: already logged
+            frame.seq = log.last_seq
+            return Appended(seq=log.last_seq, dropped=0)
+        log.last_append = (frame.frame_index, frame.received_at)
         # The frame grid goes on after this frame, whatever happens to the socket.
         record.next_frame_index = max(record.next_frame_index, frame.frame_index + 1)
         log.last_seq += 1

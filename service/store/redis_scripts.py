@@ -117,8 +117,15 @@ end
 # Returns {seq, dropped}; {-1, 0} when the session is gone. One round trip: the frame, the backlog
 # policy, the record's counters and the ready set. Only over the backlog limit does it read frames:
 # those taken but not committed (kept), and the oldest waiting ones it drops.
+# The same append again (grid index and arrival time equal to the last one's) is answered with
+# that frame's seq and logs nothing: a Cluster client resends a script whose reply it did not get
+# (a timeout while a node is busy migrating keys), and the frame must not be logged twice.
 APPEND = PENDING_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+local this = ARGV[3] .. '@' .. ARGV[4]
+if redis.call('HGET', KEYS[1], 'last_append') == this then
+  return {tonumber(redis.call('HGET', KEYS[1], 'last_seq')), 0}
+end
 local waiting = pending(KEYS[1], KEYS[2]) + 1
 local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
 -- The session's frame grid goes on after this frame, even if the gateway dies before it says so.
@@ -147,7 +154,7 @@ if waiting > keep then
     end
   end
 end
-redis.call('HSET', KEYS[1], 'pending', waiting - dropped)
+redis.call('HSET', KEYS[1], 'pending', waiting - dropped, 'last_append', this)
 redis.call('HINCRBY', KEYS[1], 'frames_received', 1)
 if dropped > 0 then redis.call('HINCRBY', KEYS[1], 'frames_dropped', dropped) end
 if #KEYS >= 3 then redis.call('ZADD', KEYS[3], 'NX', ARGV[10], ARGV[9]) end

@@ -161,6 +161,24 @@ async def test_frame_log_assigns_seq_and_applies_the_backlog_policy(make_store):
     await store.close()
 
 
+async def test_the_same_append_again_is_not_a_second_frame(make_store):
+    """A Cluster client resends a script whose reply it lost (a node busy migrating keys): the
+    frame is logged once, the resend answered with its seq."""
+    store = make_store()
+    await store.sessions.create(record("a"))
+    first = frame(0)
+    resend = dataclasses.replace(first)
+    assert (await store.streams.append("a", first, keep=10)).seq == 1
+    assert (await store.streams.append("a", resend, keep=10)).seq == 1 and resend.seq == 1
+    later = frame(1)
+    later.received_at = first.received_at  # another grid index: a new frame, whatever its arrival time
+    assert (await store.streams.append("a", later, keep=10)).seq == 2
+    assert [f.seq for f in await store.streams.frames_after("a", 0)] == [1, 2]
+    assert (await store.sessions.get("a")).frames_received == 2
+    assert await store.streams.backlog("a") == 2
+    await store.close()
+
+
 async def test_a_taken_frame_is_never_dropped(make_store):
     store = make_store()
     await with_frames(store, "a", 1, max_backlog=1)

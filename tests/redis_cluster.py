@@ -126,6 +126,38 @@ class RedisClusterServers:
     def node_id(self, port: int) -> str:
         return cli(port, "cluster", "myid").strip()
 
+    def owner_of(self, slot: int) -> int:
+        for port, ranges in self.primaries().items():
+            if any(lo <= slot <= hi for lo, hi in ranges):
+                return port
+        raise AssertionError(f"no primary serves slot {slot}")
+
+    def migrate_keys(self, slot: int, source: int, target: int, batch: int = 3) -> int:
+        """Start moving one slot as ``redis-cli --cluster reshard`` does (a few keys per MIGRATE)
+        and move every key; returns how many. Meanwhile a script over a session's keys, some moved
+        and some not, gets TRYAGAIN; afterwards, until :meth:`hand_over`, commands get ASK."""
+        cli(target, "cluster", "setslot", str(slot), "importing", self.node_id(source))
+        cli(source, "cluster", "setslot", str(slot), "migrating", self.node_id(target))
+        moved = 0
+        while names := cli(source, "cluster", "getkeysinslot", str(slot), str(batch)).split():
+            out = cli(source, "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *names)
+            assert "OK" in out or "NOKEY" in out, out
+            moved += len(names)
+        return moved
+
+    def hand_over(self, slot: int, target: int) -> None:
+        """End a migration: every primary learns that ``target`` serves ``slot`` (then MOVED)."""
+        target_id = self.node_id(target)
+        for port in self.primaries():
+            cli(port, "cluster", "setslot", str(slot), "node", target_id)
+
+    def move_slot(self, slot: int, source: int, target: int, batch: int = 3, ask_s: float = 1.0) -> int:
+        """Migrate one slot, holding it ``ask_s`` in the ASK phase; returns how many keys moved."""
+        moved = self.migrate_keys(slot, source, target, batch)
+        time.sleep(ask_s)
+        self.hand_over(slot, target)
+        return moved
+
     def flush(self) -> None:
         for port in self.primaries():
             cli(port, "flushall")

@@ -10,8 +10,8 @@ Three forms (TLS: ``rediss`` in place of ``redis``):
   the primary that the Sentinels name; the client asks them again after a failover.
 
 :func:`parse_redis_url` is pure and raises ``ValueError`` with a message that never repeats a
-password; :func:`connect` builds the client (redis-py's ``Redis``, ``RedisCluster`` or a
-Sentinel's ``master_for``).
+password; :func:`connect` builds the client (redis-py's ``Redis``, a ``RedisCluster`` with the
+fixes of :mod:`service.store.redis_cluster`, or a Sentinel's ``master_for``).
 """
 
 from __future__ import annotations
@@ -139,8 +139,10 @@ def connect(target: RedisTarget, **options: Any) -> Any:
     if target.mode == "cluster":
         from redis.asyncio.cluster import ClusterNode
 
-        return _cluster_class()(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes], decode_responses=False,
-                                ssl=target.tls, require_full_coverage=True, **auth, **options)
+        from service.store.redis_cluster import MovinetCluster
+
+        return MovinetCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes], decode_responses=False,
+                              ssl=target.tls, require_full_coverage=True, **auth, **options)
     from redis.asyncio.sentinel import Sentinel
 
     sentinel_kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
@@ -151,39 +153,3 @@ def connect(target: RedisTarget, **options: Any) -> Any:
     sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)
     return sentinel.master_for(target.master, db=target.db, decode_responses=False, ssl=target.tls,
                                health_check_interval=15, **auth, **options)
-
-
-def _cluster_class() -> type:
-    import asyncio
-
-    from redis.asyncio.cluster import RedisCluster
-
-    class WarmCluster(RedisCluster):
-        """``RedisCluster`` whose first command runs alone: many concurrent first commands (a
-        gateway's sockets at startup) raced in redis-py's topology discovery here and failed
-        (``'NoneType' object has no attribute 'writelines'``) or were sent twice."""
-
-        _warm_lock: asyncio.Lock | None = None
-        _warmed = False
-        # Redirections and TRYAGAIN retries a command may take (TRYAGAIN: 50 ms apart in the second
-        # half): ~2 s, for a slot whose keys are half migrated (a session's keys moving in a reshard),
-        # instead of redis-py's 16 (~0.4 s), after which a frame or a commit would fail.
-        RedisClusterRequestTTL = 80
-
-        async def warm(self) -> None:
-            if self._warmed:
-                return
-            if self._warm_lock is None:
-                self._warm_lock = asyncio.Lock()
-            async with self._warm_lock:
-                if not self._warmed:
-                    await self.initialize()
-                    await super().execute_command("PING")
-                    self._warmed = True
-
-        async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-            if not self._warmed:
-                await self.warm()
-            return await super().execute_command(*args, **kwargs)
-
-    return WarmCluster

@@ -20,9 +20,11 @@ import redis as redis_py
 from redis.crc import key_slot
 
 from service.store import keys
+from service.store.redis_shards import Layout
+from service.store.redis_url import DEFAULT_BUCKETS
 from tests.needs import require
 from tests.pool.conftest import Pool, assert_same_labels, results_of, stream_frames, video_frames
-from tests.redis_cluster import RedisClusterServers, cli, tools_missing
+from tests.redis_cluster import RedisClusterServers, tools_missing
 
 FRAMES = 40  # 8 s of the test video at 5 fps: two motions
 FAILOVER_S = 6.0  # a primary's death to a client whose writes work again: node timeout 1 s, promotion, ~2 s of TRYAGAIN
@@ -44,31 +46,6 @@ def _slot(name: str) -> int:
     return key_slot(name.encode())
 
 
-def owner_of(cluster: RedisClusterServers, slot: int) -> int:
-    for port, ranges in cluster.primaries().items():
-        if any(lo <= slot <= hi for lo, hi in ranges):
-            return port
-    raise AssertionError(f"no primary serves slot {slot}")
-
-
-def move_slot(cluster: RedisClusterServers, slot: int, source: int, target: int, batch: int = 3) -> int:
-    """Migrate one slot as ``redis-cli --cluster reshard`` does (a few keys per MIGRATE); returns
-    how many keys moved. Meanwhile a script over a session's keys, some moved and some not, gets
-    TRYAGAIN; once all are moved, and until the slot is handed over, commands get ASK; then MOVED."""
-    source_id, target_id = cluster.node_id(source), cluster.node_id(target)
-    cli(target, "cluster", "setslot", str(slot), "importing", source_id)
-    cli(source, "cluster", "setslot", str(slot), "migrating", target_id)
-    moved = 0
-    while names := cli(source, "cluster", "getkeysinslot", str(slot), str(batch)).split():
-        out = cli(source, "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *names)
-        assert "OK" in out or "NOKEY" in out, out
-        moved += len(names)
-    time.sleep(1.0)  # every key on the target, the slot still the source's: ASK redirections
-    for port in cluster.primaries():
-        cli(port, "cluster", "setslot", str(slot), "node", target_id)
-    return moved
-
-
 def test_exactly_once_on_a_cluster_across_sigkills_and_a_resharding(cluster_pool):
     pool, cluster = cluster_pool
     gateways, workers = pool.up(gateways=1, workers=2)
@@ -88,9 +65,9 @@ def test_exactly_once_on_a_cluster_across_sigkills_and_a_resharding(cluster_pool
         time.sleep(2.5)
         sid = sessions[0]["session_id"]
         slot = _slot(keys.session(sid))
-        source = owner_of(cluster, slot)
+        source = cluster.owner_of(slot)
         target = next(p for p in cluster.primaries() if p != source)
-        moves.append((slot, source, target, move_slot(cluster, slot, source, target)))
+        moves.append((slot, source, target, cluster.move_slot(slot, source, target)))
         # ... then SIGKILL whichever worker holds a session, a few times (restarted: a new worker id).
         while not stop.wait(rng.uniform(1.0, 2.0)):
             lease = client.get(keys.lease(rng.choice(sessions)["session_id"]))
@@ -119,13 +96,65 @@ def test_exactly_once_on_a_cluster_across_sigkills_and_a_resharding(cluster_pool
         assert messages[-1]["type"] == "eos" and messages[-1]["complete"], messages[-3:]
         assert_same_labels(results_of(messages), reference)
     slot, _, target, _ = moves[0]
-    assert owner_of(cluster, slot) == target
+    assert cluster.owner_of(slot) == target
     ids = {s["session_id"] for s in sessions}
     takeovers = [e for e in pool.events("lease_taken") if e["session_id"] in ids and int(e["processed_seq"]) > 0]
     assert takeovers, "no session moved between workers mid-stream"
     for s in sessions:  # Redis itself: every frame processed once, the results all there
         record = client.hgetall(keys.session(s["session_id"]))
         assert (int(record[b"frames_processed"]), int(record[b"frames_dropped"])) == (FRAMES, 0)
+        assert client.xlen(keys.results(s["session_id"])) == FRAMES
+    client.close()
+
+
+def test_a_resharding_under_streaming_sessions_is_invisible_to_their_clients(cluster_pool):
+    """Every slot the sessions use moves to another primary while they stream, one after another,
+    key by key as ``redis-cli --cluster reshard`` moves them: each session's keys and the ready and
+    expiry buckets that list it. The clients get no error, every label equals an uninterrupted
+    run's seq by seq, and Redis holds every frame processed once (a script resent after a reply
+    lost to a busy node must not log a frame twice)."""
+    pool, cluster = cluster_pool
+    gateways, _ = pool.up(gateways=1, workers=2)
+    frames = video_frames(FRAMES)
+    reference = results_of(asyncio.run(stream_frames(gateways[0], pool.create(gateways[0]), frames)))
+    sessions = [pool.create(gateways[0]) for _ in range(3)]
+    layout = Layout(None, clustered=True, buckets=DEFAULT_BUCKETS)
+    slots = list(dict.fromkeys(_slot(name) for s in sessions for name in (
+        keys.session(s["session_id"]), layout.ready(s["session_id"]), layout.expiry(s["session_id"]))))
+    moves: list[tuple[int, int, int, int]] = []
+    finished: list[float] = []
+
+    def reshard() -> None:
+        time.sleep(1.5)
+        for slot in slots:
+            source = cluster.owner_of(slot)
+            target = next(p for p in cluster.primaries() if p != source)
+            moves.append((slot, source, target, cluster.move_slot(slot, source, target, batch=2)))
+        finished.append(time.monotonic())
+
+    thread = threading.Thread(target=reshard, daemon=True)
+    thread.start()
+
+    async def all_sessions():
+        return await asyncio.gather(*(stream_frames(gateways[0], s, frames, timeout=180, pace_s=0.5)
+                                      for s in sessions))
+
+    runs = asyncio.run(all_sessions())
+    ended = time.monotonic()
+    thread.join(60)
+    assert len(moves) == len(slots) and finished and finished[0] < ended, (moves, slots)  # all moved mid-stream
+    assert sum(moved for *_, moved in moves) >= 3 * len(sessions), moves
+    for messages in runs:
+        assert [m for m in messages if m["type"] == "error"] == []
+        assert messages[-1]["type"] == "eos" and messages[-1]["complete"], messages[-3:]
+        assert_same_labels(results_of(messages), reference)
+    for slot, _, target, _ in moves:
+        assert cluster.owner_of(slot) == target
+    client = redis_py.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    for s in sessions:
+        record = client.hgetall(keys.session(s["session_id"]))
+        assert (int(record[b"frames_received"]), int(record[b"frames_processed"]),
+                int(record[b"frames_dropped"])) == (FRAMES, FRAMES, 0)
         assert client.xlen(keys.results(s["session_id"])) == FRAMES
     client.close()
 
@@ -142,7 +171,7 @@ def test_a_primary_killed_its_replica_promoted(cluster_pool):
     frames = video_frames(80)  # 16 s at 0.2 s a frame: the failover ends well before the stream
     session = pool.create(gateways[0])
     slot = _slot(keys.session(session["session_id"]))
-    victim_port = owner_of(cluster, slot)
+    victim_port = cluster.owner_of(slot)
     victim = next(n for n in cluster.nodes if n.port == victim_port)
     killed: list[float] = []
 
@@ -161,7 +190,7 @@ def test_a_primary_killed_its_replica_promoted(cluster_pool):
     seqs = [r["seq"] for r in results]
     assert seqs == sorted(set(seqs)), seqs  # no seq twice, in order
     assert messages[-1]["type"] == "eos", messages[-3:]
-    new_owner = owner_of(cluster, slot)
+    new_owner = cluster.owner_of(slot)
     assert new_owner != victim_port  # the replica took the slot over
     labelled = {round(r["pts"], 3) for r in results}
     after = [pts for pts, at in sent_at.items() if at > killed[0] + FAILOVER_S]

@@ -9,7 +9,10 @@ their streams, the paths interleaved call by call so that a busy machine slows t
 * ``eager``: the plain reference, the model as written (NCTHW, BN not folded, no trace);
 * ``trace``: BN folded + ``torch.jit.trace`` (``model.optimize.trace_frame_step``, what the
   service ran before ``for_streaming``);
-* ``graph`` / ``graph-bf16``: ``model.optimize.FrameGraph`` run eagerly;
+* ``graph`` / ``graph-bf16``: ``model.optimize.FrameGraph`` run eagerly (on a CPU its convs and
+  matmuls are oneDNN's fused ops, the activation or residual add applied as results are written);
+* ``graph-ops`` / ``graph-ops-bf16``: the same graph with plain ops (conv or matmul, then the
+  activation: a second pass over each feature map), what ``graph`` was before the fused ops;
 * ``compiled`` / ``compiled-bf16``: the FrameGraph through inductor, static graphs for
   ``--compiled-sizes`` (default: for_streaming's, per precision), other batches in chunks or
   on the eager graph;
@@ -39,9 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import model  # noqa: E402
-from model.optimize import for_streaming  # noqa: E402
+from model.optimize import DTYPES, FrameGraph, StreamStep, for_streaming, retain_freed_memory  # noqa: E402
 
-ALL_PATHS = ("eager", "trace", "graph", "graph-bf16", "compiled", "compiled-bf16", "auto", "service")
+ALL_PATHS = ("eager", "trace", "graph-ops", "graph-ops-bf16", "graph", "graph-bf16", "compiled", "compiled-bf16", "auto",
+             "service")
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 1024) -> float:
@@ -98,6 +102,9 @@ def build_paths(names: list[str], size: int, compiled_sizes: list[int] | None, f
             paths[name] = _Reference(net)
         elif name == "trace":
             paths[name] = for_streaming(net, backend="trace", height=size, compile="off")
+        elif name.startswith("graph-ops"):  # the graph with plain ops: conv/matmul, then the activation
+            graph = FrameGraph(net, size, size, DTYPES[precision], fused=False).eval()
+            paths[name] = StreamStep(net, size, size, precision, "graph", graph, [])
         elif name.startswith("graph"):
             paths[name] = for_streaming(net, precision=precision, backend="graph", height=size, compile="off")
         elif name == "service":
@@ -201,8 +208,12 @@ def main() -> int:
     parser.add_argument("--freeze", action="store_true", help="compile with inductor freezing (not cached)")
     parser.add_argument("--gil", type=int, metavar="BATCH", help="also probe the GIL during forwards at this batch")
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--glibc-default-malloc", action="store_true",
+                        help="do not call retain_freed_memory() (what the service does at start)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.glibc_default_malloc:
+        retain_freed_memory()
     results: dict = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                     "torch": torch.__version__, "python": platform.python_version(),

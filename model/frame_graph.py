@@ -17,6 +17,40 @@ from .layers import MovinetBlock, ceil_div, get_activation, positional_encoding,
 from .movinet import MoViNet, State
 from .specs import ModeSpec
 
+# The oneDNN name of each activation, for the fused ops (conv or matmul with the activation
+# applied as the result is written: one pass over the feature map instead of two).
+_ONEDNN = {"hard_swish": "hardswish", "swish": "swish"}
+
+
+# Where the temporal conv runs as one oneDNN depthwise conv3d (else as a weighted sum, a pass per
+# tap): measured on the 2-core AMD EPYC (avx512_bf16), docs/benchmarks.md.
+TEMPORAL_CONV = {torch.float32: False, torch.bfloat16: True}
+# Frame pixels a call (batch x height x width) from which the fused ops run, per dtype. Measured
+# (benchmarks/fast_path.py, docs/benchmarks.md): fp32 at 172x172, 8 sessions no faster fused, 16
+# and 64 sessions 1.2-1.3x; at 64x64, 32 and 64 sessions no faster, 256 sessions 1.06x (about 14
+# sessions at 172x172, 98 at 64x64). bf16 (with the temporal conv) 1.03-1.35x from 8 sessions at 64x64.
+FUSE_FROM_PIXELS = {torch.float32: 400_000, torch.bfloat16: 8 * 64 * 64}
+
+
+def can_fuse(device: torch.device) -> bool:
+    """Whether the fused oneDNN ops (``torch.ops.mkldnn._*_pointwise``) run here: CPU builds with oneDNN."""
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
+                                                                                    "_linear_pointwise")
+
+
+def _pad(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+    """``F.pad(x, (left, right, top, bottom))`` with zeros for a channels-last (B, C, H, W) view,
+    writing the zeros on the border only (F.pad fills the whole output first, then copies)."""
+    left, right, top, bottom = pad
+    batch, channels, height, width = x.shape
+    out = torch.empty((batch, channels, height + top + bottom, width + left + right), dtype=x.dtype,
+                      device=x.device, memory_format=torch.channels_last)
+    for strip in (out[:, :, :top], out[:, :, top + height:], out[:, :, :, :left], out[:, :, :, left + width:]):
+        if strip.numel():
+            strip.zero_()
+    out[:, :, top:top + height, left:left + width].copy_(x)
+    return out
+
 
 def _apply(act: str, x: Tensor) -> Tensor:
     """The activations on full feature maps, as single ops (``hard_swish`` is ``F.hardswish``:
@@ -43,8 +77,14 @@ class _Pointwise(nn.Module):
         self.register_buffer("bias", bias.to(dtype))
         self.act = act
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        y = _apply(self.act, F.linear(x, self.weight, self.bias))
+    def forward(self, x: Tensor, residual: Tensor | None = None, fuse: bool = False) -> Tensor:
+        """``fuse``: as oneDNN's fused op, the activation or the residual add applied as it writes."""
+        if fuse:
+            if residual is not None and self.act == "none":
+                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
+            y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, _ONEDNN.get(self.act, "none"), [], "")
+        else:
+            y = _apply(self.act, F.linear(x, self.weight, self.bias))
         return y if residual is None else residual + y
 
 
@@ -68,10 +108,14 @@ class _Spatial(nn.Module):
         self.padding = (top, left) if self.pad is None else (0, 0)
         self.out_hw = (ceil_div(in_hw[0], sh), ceil_div(in_hw[1], sw))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, fuse: bool = False) -> Tensor:
         x = x.permute(0, 3, 1, 2)  # (B, C, H, W) channels-last view
         if self.pad is not None:
-            x = F.pad(x, self.pad)
+            x = _pad(x, self.pad)
+        if fuse:  # oneDNN's conv with the activation applied as it writes
+            y = torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, list(self.padding), list(self.stride),
+                                                        [1, 1], self.groups, _ONEDNN.get(self.act, "none"), [], "")
+            return y.permute(0, 2, 3, 1)
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
         return _apply(self.act, y).permute(0, 2, 3, 1)  # (B, H', W', C_out)
 
@@ -89,7 +133,7 @@ class _TfAvgPool(nn.Module):
         self.register_buffer("inv_counts", (1.0 / counts)[0, 0, :, :, None].to(dtype))  # (H', W', 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        sums = F.avg_pool2d(F.pad(x.permute(0, 3, 1, 2), self.pad), 3, 2, divisor_override=1)
+        sums = F.avg_pool2d(_pad(x.permute(0, 3, 1, 2), self.pad), 3, 2, divisor_override=1)
         return sums.permute(0, 2, 3, 1) * self.inv_counts
 
 
@@ -115,7 +159,11 @@ class _Block(nn.Module):
             weight = feature.conv_temporal.weight.detach().reshape(-1, self.buffer_frames + 1)  # (E, kt), oldest first
             self.register_buffer("temporal_weight", weight.t().to(dtype).contiguous())  # (kt, E)
             self.register_buffer("temporal_bias", feature.conv_temporal.bias.detach().to(dtype))
+            # the same weights as a depthwise (kt, 1, 1) conv, for the fused path
+            self.register_buffer("temporal_kernel", weight.to(dtype)[:, None, :, None, None].contiguous(
+                memory_format=torch.channels_last_3d))  # (E, 1, kt, 1, 1)
         self.act = act
+        self.temporal_conv = False  # set by FrameGraph: when fusing, the temporal conv as one oneDNN conv
         self.se_matmul = se_matmul
         self.se_act = get_activation(mode.activation)
         self.se_gate = get_activation(mode.gating_activation, mode.hard_sigmoid)
@@ -136,23 +184,41 @@ class _Block(nn.Module):
         # into one small loop, where a GEMM call costs more than its arithmetic
         return (x[:, None, :] * weight).sum(-1) + bias
 
-    def forward(self, x: Tensor, state: State, new_state: State) -> Tensor:
+    def forward(self, x: Tensor, state: State, new_state: State, fuse: bool = False) -> Tensor:
         if self.skip is None:
             shortcut = x
         else:
-            shortcut = self.skip(x if self.skip_pool is None else self.skip_pool(x))  # (B, H', W', C_out)
-        h = self.spatial(self.expansion(x))  # (B, H', W', E)
+            shortcut = self.skip(x if self.skip_pool is None else self.skip_pool(x), fuse=fuse)  # (B, H', W', C_out)
+        h = self.spatial(self.expansion(x, fuse=fuse), fuse=fuse)  # (B, H', W', E)
         if self.buffer_frames:
-            key = f"{self.prefix}_stream_buffer"
-            buffer = state[key].permute(0, 2, 3, 4, 1)  # (B, kt-1, H', W', E): the memory of channels_last_3d
-            weight = self.temporal_weight
-            t = torch.addcmul(self.temporal_bias, h, weight[self.buffer_frames])
-            for j in range(self.buffer_frames):
-                t = torch.addcmul(t, buffer[:, j], weight[j])
-            new_buffer = torch.cat([buffer[:, 1:], h[:, None].to(buffer.dtype)], dim=1)  # (B, kt-1, H', W', E)
-            new_state[key] = new_buffer.permute(0, 4, 1, 2, 3)  # (B, E, kt-1, H', W'), channels_last_3d
-            h = _apply(self.act, t)
-        # squeeze-excitation on [mean of every frame so far, this frame's mean], in float32
+            h = self._temporal(h, state, new_state, fuse and self.temporal_conv)
+        h = self._squeeze_excite(h, state, new_state)
+        return self.projection(h, residual=shortcut, fuse=fuse)  # (B, H', W', C_out)
+
+    def _temporal(self, h: Tensor, state: State, new_state: State, as_conv: bool) -> Tensor:
+        """The causal temporal depthwise conv over the stream buffer and this frame, and the new buffer."""
+        key = f"{self.prefix}_stream_buffer"
+        buffer = state[key].permute(0, 2, 3, 4, 1)  # (B, kt-1, H', W', E): the memory of channels_last_3d
+        if as_conv:
+            # the window (buffer + this frame) in one copy, the conv and its activation in one oneDNN
+            # call; the new buffer is the window's last kt-1 frames (a view: no second copy)
+            window = torch.cat([buffer.to(h.dtype), h[:, None]], dim=1)  # (B, kt, H', W', E)
+            y = torch.ops.mkldnn._convolution_pointwise(
+                window.permute(0, 4, 1, 2, 3), self.temporal_kernel, self.temporal_bias, [0, 0, 0], [1, 1, 1],
+                [1, 1, 1], h.shape[-1], _ONEDNN.get(self.act, "none"), [], "")  # (B, E, 1, H', W')
+            new_state[key] = window[:, 1:].permute(0, 4, 1, 2, 3)  # (B, E, kt-1, H', W'), channels_last_3d strides
+            return y[:, :, 0].permute(0, 2, 3, 1)
+        # a weighted sum of the buffer's frames and this one (one pass per tap), then the activation
+        weight = self.temporal_weight
+        t = torch.addcmul(self.temporal_bias, h, weight[self.buffer_frames])
+        for j in range(self.buffer_frames):
+            t = torch.addcmul(t, buffer[:, j], weight[j])
+        new_buffer = torch.cat([buffer[:, 1:], h[:, None].to(buffer.dtype)], dim=1)  # (B, kt-1, H', W', E)
+        new_state[key] = new_buffer.permute(0, 4, 1, 2, 3)  # (B, E, kt-1, H', W'), channels_last_3d
+        return _apply(self.act, t)
+
+    def _squeeze_excite(self, h: Tensor, state: State, new_state: State) -> Tensor:
+        """Squeeze-excitation on [mean of every frame so far, this frame's mean], in float32."""
         spatial = h.mean(dim=(1, 2), dtype=torch.float32)  # (B, E)
         sums = state[f"{self.prefix}_pool_buffer"].flatten(1) + spatial
         seen = state[f"{self.prefix}_pool_frame_count"] + 1  # (B,)
@@ -167,8 +233,7 @@ class _Block(nn.Module):
             pooled = pooled + self.pos_scale * encoding[:, :, 0]
         hidden = self.se_act(self._linear(pooled, self.se_reduce_weight, self.se_reduce_bias))
         gate = self.se_gate(self._linear(hidden, self.se_expand_weight, self.se_expand_bias))  # (B, E)
-        h = h * gate.to(h.dtype)[:, None, None, :]
-        return self.projection(h, residual=shortcut)  # (B, H', W', C_out)
+        return h * gate.to(h.dtype)[:, None, None, :]
 
 
 class FrameGraph(nn.Module):
@@ -181,14 +246,19 @@ class FrameGraph(nn.Module):
     weighted sum over the stream buffer, the SE's and head's running means in float32, and
     ``dtype`` (float32 or bfloat16) for the weights and feature maps. Stream buffers are returned
     in ``channels_last_3d`` and in ``dtype``; pool buffers stay float32, frame counts int32.
-    Equal to the model within float rounding (``tests/model/test_fast_path.py``).
+    On a CPU (``fused``) a call of at least ``fuse_from_pixels`` frame pixels runs the convs and
+    matmuls as oneDNN's fused ops, the activation or the residual add applied as each result is
+    written, and in bf16 the temporal conv as one depthwise conv3d (:data:`TEMPORAL_CONV`; its new
+    stream buffer is then a view of the conv's window). Equal to the model within float rounding
+    (``tests/model/test_fast_path.py``).
     """
 
     def __init__(self, net: MoViNet, height: int, width: int, dtype: torch.dtype = torch.float32,
-                 se_matmul: bool = True) -> None:
+                 se_matmul: bool = True, fused: bool | None = None) -> None:
         super().__init__()
         if not net.causal:
             raise ValueError("FrameGraph needs a stream (causal) model")
+        device = next(net.parameters()).device
         net = fuse_batchnorm(net)
         self.height, self.width, self.dtype = height, width, dtype
         self.stem = _Spatial(net.stem.conv, (height, width), net.mode.activation, dtype)
@@ -201,18 +271,27 @@ class FrameGraph(nn.Module):
         self.head = _Pointwise(net.head.conv, net.mode.activation, dtype)
         self.hidden = _Pointwise(net.classifier.hidden, net.mode.classifier_activation, dtype)
         self.logits = _Pointwise(net.classifier.logits, "none", dtype)
+        # fused: convs and matmuls with their activation (or the residual add) as oneDNN post-ops;
+        # None: where they run (a CPU). Off for a graph that inductor compiles (it fuses by itself).
+        self.fused = can_fuse(device) if fused is None else fused and can_fuse(device)
+        self.fuse_from_pixels = FUSE_FROM_PIXELS[dtype]
+        for block in self.blocks:
+            block.temporal_conv = TEMPORAL_CONV[dtype]
 
     def forward(self, frames: Tensor, state: State) -> tuple[Tensor, State]:
         new_state: State = {}
         x = frames[:, :, 0].permute(0, 2, 3, 1).to(self.dtype).contiguous()  # (B, H, W, 3)
-        x = self.stem(x)  # (B, H/2, W/2, F)
+        # oneDNN's fused ops cost more per call than a plain op and its activation (~20 us): they pay
+        # from about FUSE_FROM_PIXELS frame pixels a call (docs/benchmarks.md)
+        fuse = self.fused and x.shape[0] * self.height * self.width >= self.fuse_from_pixels
+        x = self.stem(x, fuse=fuse)  # (B, H/2, W/2, F)
         for block in self.blocks:
-            x = block(x, state, new_state)
-        x = self.head(x)  # (B, h, w, P)
+            x = block(x, state, new_state, fuse)
+        x = self.head(x, fuse=fuse)  # (B, h, w, P)
         spatial = x.mean(dim=(1, 2), dtype=torch.float32)  # (B, P)
         sums = state["state_head_pool_buffer"].flatten(1) + spatial
         seen = state["state_head_pool_frame_count"] + 1
         new_state["state_head_pool_buffer"] = sums[:, :, None, None, None]
         new_state["state_head_pool_frame_count"] = seen
         pooled = (sums / seen.to(torch.float32)[:, None]).to(self.dtype)  # running mean of every frame
-        return self.logits(self.hidden(pooled)).float(), new_state
+        return self.logits(self.hidden(pooled, fuse=fuse), fuse=fuse).float(), new_state

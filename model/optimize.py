@@ -45,13 +45,15 @@ from .stream_step import (
     check_against_reference,
     cpu_has_bf16,
     inductor_cache_dir,
+    retain_freed_memory,
     tolerance,
 )
 
 __all__ = [
     "BACKENDS", "DEFAULT_BATCH_SIZES", "DTYPES", "PRECISIONS", "TOLERANCE", "FrameGraph", "PathCheck",
     "StepFn", "StreamStep", "check_against_reference", "cpu_has_bf16", "fold_bn_into_conv",
-    "for_streaming", "fuse_batchnorm", "inductor_cache_dir", "optimize_for_inference", "tolerance",
+    "for_streaming", "fuse_batchnorm", "inductor_cache_dir", "optimize_for_inference", "retain_freed_memory",
+    "tolerance",
     "trace_frame_step",
 ]
 

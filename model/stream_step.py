@@ -41,6 +41,25 @@ DEFAULT_BATCH_SIZES = {"fp32": (1, 8), "bf16": (1,)}
 StepFn = Callable[[Tensor, State], "tuple[Tensor, State]"]
 
 
+def retain_freed_memory(limit_bytes: int = 1 << 30) -> bool:
+    """Let glibc keep freed blocks up to ``limit_bytes`` for reuse instead of returning them to the
+    system: a forward allocates feature maps of tens of MB (64 sessions at 172x172), which glibc
+    otherwise maps fresh every call (its mmap threshold stops at 32 MB) and the kernel zeroes page
+    by page: measured 238 against 173 ms a forward there (docs/benchmarks.md). The in-process form
+    of the jemalloc/tcmalloc advice of PyTorch's CPU tuning guide. Process-wide; False where the C
+    library is not glibc (nothing changed)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, limit_bytes)) and bool(mallopt(m_trim_threshold, 2 * limit_bytes))
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX); elsewhere oneDNN
     emulates it and bf16 is no faster."""
@@ -249,7 +268,7 @@ def compile_graphs(net: MoViNet, height: int, width: int, precision: str, sizes:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
     # one cache entry per (model, size, batch): raise dynamo's per-function limit (8 by default)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    graph = FrameGraph(net, height, width, DTYPES[precision], se_matmul=False).eval()
+    graph = FrameGraph(net, height, width, DTYPES[precision], se_matmul=False, fused=False).eval()
     compiled = torch.compile(graph, fullgraph=True, dynamic=False)
     graphs: dict[int, StepFn] = {}
     checks = []

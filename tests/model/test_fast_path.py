@@ -61,18 +61,60 @@ def test_every_eager_path_equals_the_model(net, backend, batch):
     assert max_logit_difference(step, net, batch, 32, 32) <= TOLERANCE["fp32"] == 1e-4
 
 
+def graph_with(net: model.MoViNet, size: tuple[int, int], ops: str, dtype: torch.dtype = torch.float32) -> FrameGraph:
+    """The FrameGraph with plain ops, oneDNN's fused ops at every batch, or those and the temporal
+    conv as one oneDNN conv (the bf16 default on a CPU)."""
+    graph = FrameGraph(net, *size, dtype, fused=ops != "plain").eval()
+    graph.fuse_from_pixels = 0
+    for block in graph.blocks:
+        block.temporal_conv = ops == "fused+temporal-conv"
+    return graph
+
+
+OPS = ["plain", "fused", "fused+temporal-conv"]
+
+
+@pytest.mark.parametrize("ops", OPS)
 @pytest.mark.parametrize("size", [(33, 30), (17, 17)])
-def test_frame_graph_handles_odd_sizes_and_tf_padding(net, size):
-    """Odd and even sizes give TF SAME pads at the start, at the end or both."""
-    graph = FrameGraph(net, *size).eval()
-    assert max_logit_difference(graph, net, 3, *size) <= 1e-4
+def test_frame_graph_handles_odd_sizes_and_tf_padding(net, size, ops):
+    """Odd and even sizes give TF SAME pads at the start, at the end or both; with the convs and
+    matmuls as oneDNN's fused ops (on a CPU from fuse_from_pixels a call) and as plain ops."""
+    assert max_logit_difference(graph_with(net, size, ops), net, 3, *size) <= 1e-4
 
 
-def test_frame_graph_at_a0_depth():
+def test_the_fused_ops_run_from_a_batch_size(net):
+    graph = FrameGraph(net, 32, 32).eval()
+    assert graph.fused and graph.fuse_from_pixels > 0
+
+    def calls(batch: int) -> dict[str, int]:
+        with torch.profiler.profile() as profile, torch.no_grad():
+            graph(torch.rand(batch, 3, 1, 32, 32), net.init_state(batch, 32, 32))
+        return {event.key: event.count for event in profile.key_averages()}
+
+    small = -(-graph.fuse_from_pixels // (32 * 32)) - 1
+    assert "mkldnn::_convolution_pointwise" not in calls(small) and "aten::conv2d" in calls(small)
+    assert "mkldnn::_convolution_pointwise" in calls(small + 1)
+
+
+def test_the_fused_graph_puts_activations_and_residuals_into_onednn_ops(net):
+    graph = graph_with(net, (32, 32), "fused+temporal-conv")
+    with torch.profiler.profile() as profile, torch.no_grad():
+        graph(torch.rand(2, 3, 1, 32, 32), net.init_state(2, 32, 32))
+    calls = {event.key: event.count for event in profile.key_averages()}
+    temporal = sum(1 for block in graph.blocks if block.buffer_frames)
+    assert temporal
+    # the stem, each block's spatial conv and each temporal conv over a stream buffer
+    assert calls.get("mkldnn::_convolution_pointwise") == 1 + len(graph.blocks) + temporal, calls
+    assert "aten::conv2d" not in calls, calls
+    assert calls.get("aten::linear") == 2 * len(graph.blocks), calls  # only the SE's, on (B, C) vectors
+    assert "aten::addcmul" not in calls, calls
+
+
+@pytest.mark.parametrize("ops", OPS)
+def test_frame_graph_at_a0_depth(ops):
     """The real A0 layout (every stage, 5-frame temporal kernels), at a small frame size."""
     a0 = randomized("movinet_a0_stream", num_classes=11)
-    graph = FrameGraph(a0, 48, 48).eval()
-    assert max_logit_difference(graph, a0, 3, 48, 48) <= 1e-4
+    assert max_logit_difference(graph_with(a0, (48, 48), ops), a0, 3, 48, 48) <= 1e-4
 
 
 def test_bf16_graph_is_within_its_tolerance(net):
@@ -83,6 +125,9 @@ def test_bf16_graph_is_within_its_tolerance(net):
     assert state["state_head_pool_buffer"].dtype == torch.float32  # running sums stay float32
     # random weights give logits well under 1, so the bound is TOLERANCE["bf16"] itself
     assert max_logit_difference(step, net, 3, 32, 32) <= tolerance("bf16", 0.5) == TOLERANCE["bf16"]
+    for ops in OPS:  # and with oneDNN's fused ops at every batch
+        fused = StreamStep(net, 32, 32, "bf16", "graph", graph_with(net, (32, 32), ops, torch.bfloat16), [])
+        assert max_logit_difference(fused, net, 3, 32, 32) <= TOLERANCE["bf16"], ops
 
 
 @pytest.mark.slow

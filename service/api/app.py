@@ -84,6 +84,9 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
         import torch
 
         torch.set_num_threads(settings.torch_threads or max(1, (os.cpu_count() or 2) - 1))
+        from model.optimize import retain_freed_memory
+
+        retain_freed_memory()  # a forward's large feature maps reuse freed memory, not fresh pages
         state = app.state
         state.settings = settings
         state.loop = asyncio.get_running_loop()

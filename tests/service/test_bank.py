@@ -52,6 +52,31 @@ def test_sessions_at_different_positions_equal_each_alone(net, window):
             torch.testing.assert_close(torch.stack(got[name]), torch.stack(alone), atol=1e-5, rtol=1e-4)
 
 
+def test_the_fused_graph_in_a_bank_equals_the_model(net):
+    """oneDNN's fused ops at every batch, the temporal conv leaving its new stream buffer as a view
+    of its window: the bank gathers and scatters it like any state."""
+    from model.optimize import StreamStep
+    from tests.model.test_fast_path import graph_with
+
+    step = StreamStep(net, SIZE, SIZE, "fp32", "graph", graph_with(net, (SIZE, SIZE), "fused+temporal-conv"), [])
+    clips = {name: frames(9, seed) for name, seed in (("a", 4), ("b", 5))}
+    bank = StateBank(step.init_state(1), None, capacity=1)
+    streams = {name: bank.allocate() for name in clips}
+    with torch.inference_mode():
+        got = {name: [] for name in clips}
+        for tick in range(9):
+            names = list(clips) if tick >= 3 else ["a"]  # b joins later: other stream positions
+            logits = bank.step([streams[n] for n in names], torch.cat([clips[n][tick][None] for n in names]), step)
+            for name, row in zip(names, logits, strict=True):
+                got[name].append(row)
+        for name, clip in clips.items():
+            state, alone = net.init_state(1, SIZE, SIZE), []
+            for frame in (clip if name == "a" else clip[3:]):
+                out, state = net(frame[None], state)
+                alone.append(out[0])
+            torch.testing.assert_close(torch.stack(got[name]), torch.stack(alone), atol=1e-4, rtol=1e-4)
+
+
 def test_a_checkpointed_slot_goes_on_in_another_bank(net):
     clip = frames(14, 7)
     window = 6

@@ -19,6 +19,7 @@ Found on a real six-node cluster migrating the slots of streaming sessions (test
 from __future__ import annotations
 
 import asyncio
+import inspect
 import weakref
 from typing import Any
 
@@ -29,7 +30,7 @@ __all__ = ["MovinetCluster"]
 # Tasks that sent ASKING to a node and have not sent it the command yet (the command follows at
 # once, in the same task: redis-py's redirection loop).
 _asking: weakref.WeakKeyDictionary[asyncio.Task, ClusterNode] = weakref.WeakKeyDictionary()
-_plain_execute = ClusterNode.execute_command
+_plain_execute = getattr(ClusterNode.execute_command, "movinet_plain", ClusterNode.execute_command)
 
 
 async def _execute(self: ClusterNode, *args: Any, asking: bool = False, **kwargs: Any) -> Any:
@@ -56,7 +57,20 @@ async def _execute(self: ClusterNode, *args: Any, asking: bool = False, **kwargs
             self.release(connection)
 
 
-ClusterNode.execute_command = _execute  # type: ignore[method-assign]
+def _patch() -> None:
+    """Install :func:`_execute` on redis-py's ``ClusterNode`` (once; pyproject pins the redis-py
+    whose ``execute_command(*args, asking=False)``, ``acquire_connection``, ``disconnect_if_needed``
+    and ``release`` it builds on)."""
+    if getattr(ClusterNode.execute_command, "movinet_plain", None) is not None:
+        return
+    if "asking" not in inspect.signature(_plain_execute).parameters or not all(
+            hasattr(ClusterNode, name) for name in ("acquire_connection", "disconnect_if_needed", "release")):
+        raise ImportError("service.store.redis_cluster needs redis-py 8.1 (see pyproject.toml)")
+    _execute.movinet_plain = _plain_execute  # type: ignore[attr-defined]
+    ClusterNode.execute_command = _execute  # type: ignore[method-assign]
+
+
+_patch()
 
 
 def _xread_keys(args: tuple[Any, ...]) -> list[Any] | None:

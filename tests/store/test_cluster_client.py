@@ -55,6 +55,16 @@ def test_commands_in_a_slots_ask_phase_succeed_on_a_client_with_many_connections
     assert cli(target, "xlen", key).strip() == "11"
 
 
+def test_the_asking_fix_is_installed_on_redis_pys_cluster_node():
+    from redis.asyncio.cluster import ClusterNode
+
+    from service.store import redis_cluster
+
+    assert ClusterNode.execute_command is redis_cluster._execute
+    redis_cluster._patch()  # again: still one layer, no recursion
+    assert ClusterNode.execute_command.movinet_plain is redis_cluster._plain_execute is not redis_cluster._execute
+
+
 def _getkeys_calls(cluster: RedisClusterServers) -> int:
     total = 0
     for node in cluster.alive():

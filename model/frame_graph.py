@@ -32,10 +32,13 @@ TEMPORAL_CONV = {torch.float32: False, torch.bfloat16: True}
 FUSE_FROM_PIXELS = {torch.float32: 400_000, torch.bfloat16: 8 * 64 * 64}
 
 
-def can_fuse(device: torch.device) -> bool:
-    """Whether the fused oneDNN ops (``torch.ops.mkldnn._*_pointwise``) run here: CPU builds with oneDNN."""
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
-                                                                                    "_linear_pointwise")
+def can_fuse(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the fused oneDNN ops (``torch.ops.mkldnn._*_pointwise``) run here: CPU builds with
+    oneDNN, and for bf16 a CPU that oneDNN runs bf16 on (AVX-512 or AVX-NE-CONVERT)."""
+    if not (device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    return dtype != torch.bfloat16 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _pad(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
@@ -111,7 +114,7 @@ class _Spatial(nn.Module):
     def forward(self, x: Tensor, fuse: bool = False) -> Tensor:
         x = x.permute(0, 3, 1, 2)  # (B, C, H, W) channels-last view
         if self.pad is not None:
-            x = _pad(x, self.pad)
+            x = _pad(x, self.pad) if fuse else F.pad(x, self.pad)  # F.pad: what a compiler sees unfused
         if fuse:  # oneDNN's conv with the activation applied as it writes
             y = torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, list(self.padding), list(self.stride),
                                                         [1, 1], self.groups, _ONEDNN.get(self.act, "none"), [], "")
@@ -201,7 +204,8 @@ class _Block(nn.Module):
         buffer = state[key].permute(0, 2, 3, 4, 1)  # (B, kt-1, H', W', E): the memory of channels_last_3d
         if as_conv:
             # the window (buffer + this frame) in one copy, the conv and its activation in one oneDNN
-            # call; the new buffer is the window's last kt-1 frames (a view: no second copy)
+            # call; the new buffer is the window's last kt-1 frames (a view: a state bank copies it
+            # into its rows anyway; fed back as it is, StreamStep.prepare_state makes it contiguous)
             window = torch.cat([buffer.to(h.dtype), h[:, None]], dim=1)  # (B, kt, H', W', E)
             y = torch.ops.mkldnn._convolution_pointwise(
                 window.permute(0, 4, 1, 2, 3), self.temporal_kernel, self.temporal_bias, [0, 0, 0], [1, 1, 1],
@@ -245,7 +249,8 @@ class FrameGraph(nn.Module):
     into the projections, TF padding fixed for one frame size, the temporal depthwise conv as a
     weighted sum over the stream buffer, the SE's and head's running means in float32, and
     ``dtype`` (float32 or bfloat16) for the weights and feature maps. Stream buffers are returned
-    in ``channels_last_3d`` and in ``dtype``; pool buffers stay float32, frame counts int32.
+    in ``dtype``, in ``channels_last_3d`` (or, from the bf16 temporal conv, a view with its strides
+    of a one-frame-longer window); pool buffers stay float32, frame counts int32.
     On a CPU (``fused``) a call of at least ``fuse_from_pixels`` frame pixels runs the convs and
     matmuls as oneDNN's fused ops, the activation or the residual add applied as each result is
     written, and in bf16 the temporal conv as one depthwise conv3d (:data:`TEMPORAL_CONV`; its new
@@ -273,7 +278,7 @@ class FrameGraph(nn.Module):
         self.logits = _Pointwise(net.classifier.logits, "none", dtype)
         # fused: convs and matmuls with their activation (or the residual add) as oneDNN post-ops;
         # None: where they run (a CPU). Off for a graph that inductor compiles (it fuses by itself).
-        self.fused = can_fuse(device) if fused is None else fused and can_fuse(device)
+        self.fused = can_fuse(device, dtype) if fused is None else fused and can_fuse(device, dtype)
         self.fuse_from_pixels = FUSE_FROM_PIXELS[dtype]
         for block in self.blocks:
             block.temporal_conv = TEMPORAL_CONV[dtype]

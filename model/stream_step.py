@@ -42,22 +42,25 @@ StepFn = Callable[[Tensor, State], "tuple[Tensor, State]"]
 
 
 def retain_freed_memory(limit_bytes: int = 1 << 30) -> bool:
-    """Let glibc keep freed blocks up to ``limit_bytes`` for reuse instead of returning them to the
-    system: a forward allocates feature maps of tens of MB (64 sessions at 172x172), which glibc
-    otherwise maps fresh every call (its mmap threshold stops at 32 MB) and the kernel zeroes page
-    by page: measured 238 against 173 ms a forward there (docs/benchmarks.md). The in-process form
-    of the jemalloc/tcmalloc advice of PyTorch's CPU tuning guide. Process-wide; False where the C
-    library is not glibc (nothing changed)."""
+    """Let glibc keep freed blocks up to ``limit_bytes`` (at most 1 GiB) for reuse instead of
+    returning them to the system: a forward allocates feature maps of tens of MB (64 sessions at
+    172x172), which glibc otherwise maps fresh every call (its mmap threshold stops at 32 MB) and
+    the kernel zeroes page by page: 140-154 against 271-332 ms a forward there, fp32
+    (docs/benchmarks.md). The in-process form of the jemalloc/tcmalloc advice of PyTorch's CPU
+    tuning guide. Process-wide, and the process keeps its peak heap: for processes that run large
+    CPU forwards. False where the C library is not glibc (nothing changed)."""
     import ctypes
     import ctypes.util
 
+    limit = min(int(limit_bytes), 1 << 30)
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, limit_bytes)) and bool(mallopt(m_trim_threshold, 2 * limit_bytes))
+    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, 2 * limit - 1))
 
 
 def cpu_has_bf16() -> bool:
@@ -156,7 +159,8 @@ class StreamStep:
     every session), logits ``[B, classes]`` float32. The returned state is new tensors; the one
     passed in is not modified. States from :meth:`init_state` are already in the layout the fast
     paths read (stream buffers ``channels_last_3d``, in bf16 for ``precision == "bf16"``); a state
-    from the model itself, ``stack_states`` or ``state_from_bytes`` is accepted and converted.
+    from the model itself, ``stack_states`` or ``state_from_bytes`` is accepted and converted
+    (as is a returned one whose buffers are views of a wider window: the bf16 fused graph's).
     """
 
     def __init__(self, net: MoViNet, height: int, width: int, precision: str, backend: str,

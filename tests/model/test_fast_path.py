@@ -96,6 +96,25 @@ def test_the_fused_ops_run_from_a_batch_size(net):
     assert "mkldnn::_convolution_pointwise" in calls(small + 1)
 
 
+def test_a_cpu_that_refuses_the_fused_ops_gets_the_plain_ones(net, monkeypatch, caplog):
+    """for_streaming checks the fused ops too (at its small check batch they would not run): where
+    oneDNN refuses them (bf16 on a CPU without AVX-512), the graph runs plain ops."""
+    from model import frame_graph
+
+    plain = frame_graph._Spatial.forward
+
+    def refusing(self, x, fuse=False):
+        if fuse:
+            raise RuntimeError("bf16 path needs the cpu support avx_ne_convert or avx512bw")
+        return plain(self, x, fuse)
+
+    monkeypatch.setattr(frame_graph._Spatial, "forward", refusing)
+    with caplog.at_level(logging.WARNING, logger="model.optimize"):
+        step = for_streaming(net, precision="fp32", backend="graph", height=32, width=32, compile="off")
+    assert step.backend == "graph" and "fused ops fail here" in caplog.text
+    assert max_logit_difference(step, net, 3, 32, 32) <= 1e-4
+
+
 def test_the_fused_graph_puts_activations_and_residuals_into_onednn_ops(net):
     graph = graph_with(net, (32, 32), "fused+temporal-conv")
     with torch.profiler.profile() as profile, torch.no_grad():

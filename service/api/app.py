@@ -77,16 +77,17 @@ def create_app(settings: Settings | None = None, role: str = "serve") -> FastAPI
         from service.store.redis_url import parse_redis_url
 
         parse_redis_url(settings.redis_url)  # a bad URL: one clear line (no password in it) before anything starts
-    resolve_device(settings.device)  # a GPU that is not there: a clear error before anything starts
+    device = resolve_device(settings.device)  # a GPU that is not there: a clear error before anything starts
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         import torch
 
         torch.set_num_threads(settings.torch_threads or max(1, (os.cpu_count() or 2) - 1))
-        from model.optimize import retain_freed_memory
+        if role in ("serve", "worker") and device.type == "cpu":
+            from model.optimize import retain_freed_memory
 
-        retain_freed_memory()  # a forward's large feature maps reuse freed memory, not fresh pages
+            retain_freed_memory()  # a forward's large feature maps reuse freed memory, not fresh pages
         state = app.state
         state.settings = settings
         state.loop = asyncio.get_running_loop()

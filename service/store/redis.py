@@ -10,7 +10,8 @@ Per session (all keys share the hash tag ``{<session_id>}``, see :mod:`service.s
 * ``session``: a hash with the :class:`SessionRecord` fields plus the progress counters
   ``last_seq`` (the last seq given to a frame), ``processed_seq`` (results committed up to here),
   ``pending`` (the logged frames after it: the backlog, counted by the scripts without reading the
-  frames) and ``fence`` (the last fencing token handed out);
+  frames), ``fence`` (the last fencing token handed out) and ``last_append`` (grid index and
+  arrival time of the last frame appended: a resend of it is not logged again);
 * ``frames``: a stream whose entry id is ``<seq>-0``; frames stay until a checkpoint covers them;
 * ``results``: a stream with entry id ``<seq>-0``, capped at ``results_cap`` entries;
 * ``checkpoint``: a hash ``seq``, ``data`` (the state bytes), ``token`` (who wrote it);

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,8 +127,10 @@ def run_server(draining: bool = True, wait_ready: bool = True, **overrides: Any)
         yield handle
     finally:
         server.should_exit = True
-        thread.join(15)
+        thread.join(30)
         sock.close()
+        if thread.is_alive():  # it goes on serving under later tests: said in the run's warnings
+            warnings.warn(f"the test server on port {port} did not stop within 30 s", RuntimeWarning, stacklevel=1)
 
 
 @pytest.fixture(scope="session")

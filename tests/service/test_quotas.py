@@ -12,6 +12,7 @@ import redis as redis_py
 
 from service.settings import Settings
 from service.store import keys
+from tests.redis_server import RedisServer
 from tests.service.conftest import TEST_MODEL, run_server
 
 pytestmark = pytest.mark.service
@@ -69,8 +70,16 @@ def test_each_api_key_has_its_quota_and_a_reaped_session_gives_it_back(plumbing_
         assert create(server.http, **a).status_code == 201
 
 
+@pytest.fixture
+def redis_server(tmp_path):
+    """This test's own Redis: its two servers run workers, which must never claim another test's
+    sessions on the session-wide Redis (a server slow to stop once did, in a full run)."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.kill()
+
+
 def test_the_quota_holds_across_gateways_sharing_redis(plumbing_weights, redis_server):
-    redis_server.flush()
     redis = redis_py.Redis.from_url(redis_server.url)
     quota_key = keys.client_sessions("addr:127.0.0.1")
     with run_server(redis_url=redis_server.url, max_sessions_per_client=3) as one, \

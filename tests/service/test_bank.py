@@ -97,3 +97,23 @@ def test_a_checkpointed_slot_goes_on_in_another_bank(net):
     assert not set(first.allocate().rows) & set(stream.rows)  # not before the next step ...
     first.collect()
     assert set(first.allocate().rows) == set(stream.rows)  # ... then freed rows are used again
+
+
+def test_rows_gathered_and_scattered_keep_the_stream_buffers_layout():
+    """A channels-last bank hands gathered rows over channels-last (the fast paths read them
+    without another copy) with index_select's values, and scatters as index_copy_ does."""
+    from service.worker.bank import _gather, _scatter
+
+    rows = torch.randn(9, 4, 2, 5, 6).contiguous(memory_format=torch.channels_last_3d)
+    index = torch.tensor([7, 1, 4])
+    gathered = _gather(rows, index)
+    assert gathered.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(gathered, rows.index_select(0, index))
+    fresh = torch.randn(3, 4, 2, 5, 6)
+    expected = rows.clone().index_copy_(0, index, fresh)
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        target = rows.clone(memory_format=torch.channels_last_3d)
+        _scatter(target, index, fresh.contiguous(memory_format=layout))
+        assert torch.equal(target, expected) and target.is_contiguous(memory_format=torch.channels_last_3d)
+    plain = torch.randn(9, 3)  # any other tensor: index_select / index_copy_ as they are
+    assert torch.equal(_gather(plain, index), plain[index])

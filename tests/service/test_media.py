@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from pathlib import Path
 
 import av
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from service.errors import MediaError
-from service.sources.decode import VideoStreamDecoder, decode_image, sniff
+from service.sources.decode import VideoStreamDecoder, decode_image, decode_jpeg, sniff
 from service.sources.frames import Resampler, fit_frame, resized_dims
 from tests.service.conftest import encode_video, jpeg, moving_frames
 from tests.service.pipeline import pipeline
@@ -60,6 +61,64 @@ def test_decode_image_checks_size_before_decoding():
     with pytest.raises(MediaError) as error:
         decode_image(gif.getvalue(), max_pixels=10**8)
     assert error.value.code == "unsupported_format"
+
+
+MEDIA = Path(__file__).resolve().parents[3] / "shared" / "media"  # real camera clips, beside the project
+
+
+def _jpeg(rgb: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+def _pillow(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.mark.parametrize("options", [{"quality": 90}, {"quality": 30}, {"quality": 100, "subsampling": 0},
+                                     {"quality": 85, "subsampling": 1}, {"quality": 80, "progressive": True},
+                                     {"quality": 75, "optimize": True}])
+def test_jpeg_frames_decode_to_the_pixels_pillow_gives(options):
+    """decode_image's libjpeg-turbo path (simplejpeg) against Pillow on real video frames, in the
+    encodings browsers and cameras use: the same uint8 pixels, not merely close ones."""
+    frames = _video_frames(ROOT_VIDEO, 6)
+    if MEDIA.is_dir():
+        frames += _video_frames(sorted(MEDIA.glob("*.mp4"))[0], 3)
+    for rgb in frames:
+        data = _jpeg(rgb, **options)
+        assert decode_jpeg(data, 10**8) is not None  # the fast path took it
+        decoded = decode_image(data, 10**8)
+        assert decoded.dtype == np.uint8 and decoded.shape == rgb.shape
+        assert np.array_equal(decoded, _pillow(data))
+
+
+def test_jpegs_the_fast_path_does_not_take_still_decode_or_fail_clearly():
+    rgb = _video_frames(ROOT_VIDEO, 1)[0]
+    gray = _jpeg(rgb[..., 0])
+    assert np.array_equal(decode_image(gray, 10**8), _pillow(gray))  # grey: three equal channels
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(buffer, "JPEG")  # CMYK: Pillow converts it
+    cmyk = buffer.getvalue()
+    assert decode_jpeg(cmyk, 10**8) is None
+    assert np.array_equal(decode_image(cmyk, 10**8), _pillow(cmyk))
+    data = _jpeg(rgb)
+    for broken in (data[: len(data) // 2], data[:200]):  # truncated mid-scan, truncated in the header
+        with pytest.raises(MediaError) as error:
+            decode_image(broken, 10**8)
+        assert error.value.code == "decode_error"
+    with pytest.raises(MediaError) as error:  # the header's size is checked before any pixel is decoded
+        decode_image(_jpeg(np.zeros((1200, 1600, 3), np.uint8)), max_pixels=1000 * 1000)
+    assert error.value.code == "frame_too_large"
+
+
+ROOT_VIDEO = Path(__file__).resolve().parents[1] / "assets" / "motion_test.mp4"
+
+
+def _video_frames(path: Path, count: int) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(count * 10), container.decode(video=0))]
+    return frames[::10]
 
 
 @pytest.mark.parametrize("height, width", [(240, 320), (480, 640), (1080, 1920), (200, 150)])

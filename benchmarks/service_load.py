@@ -136,17 +136,30 @@ def server_counters(url: str) -> dict[str, float]:
     return totals
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads), None off Linux or without one."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_level(url: str, sessions: int, body: dict, frames: list[bytes], fps: float, duration: float,
-                    warmup: float, api_key: str | None, ramp: float = 0.0) -> dict:
+                    warmup: float, api_key: str | None, ramp: float = 0.0, server_pid: int | None = None) -> dict:
     for _ in range(60):  # the last level's backlog drained: the server admits sessions again
         async with httpx.AsyncClient(timeout=10) as http:
             if (await http.get(f"{url}/readyz")).status_code == 200:
                 break
         await asyncio.sleep(1.0)
     before, started = server_counters(url), time.monotonic()
+    server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
     outcomes = await asyncio.gather(*(run_client(url, body, frames, fps, duration, warmup, api_key,
                                                  start_in=i * ramp / sessions) for i in range(sessions)))
     after, elapsed = server_counters(url), time.monotonic() - started
+    client_cpu = time.process_time() - client_cpu
+    if server_cpu is not None:
+        server_cpu = cpu_seconds(server_pid) - server_cpu
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     forwards = delta.get("movinet_inference_duration_seconds_count", 0.0)
     latencies = np.array([x for o in outcomes for x in o["latencies"]]) if outcomes else np.array([])
@@ -167,6 +180,9 @@ async def run_level(url: str, sessions: int, body: dict, frames: list[bytes], fp
         "mean_batch": delta.get("movinet_batch_size_sum", 0.0) / forwards if forwards else None,
         "forward_ms": 1000 * delta.get("movinet_inference_duration_seconds_sum", 0.0) / forwards if forwards else None,
         "forward_busy": delta.get("movinet_inference_duration_seconds_sum", 0.0) / elapsed,
+        # Cores each side used on average over the level (arrivals, warm-up and drain included).
+        "server_cores": server_cpu / elapsed if server_cpu is not None else None,
+        "client_cores": client_cpu / elapsed,
     }
 
 
@@ -244,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args(argv)
 
+    spy_binary = Path(sys.executable).parent / "py-spy"
+    if args.profile and not spy_binary.exists():
+        parser.error(f"--profile needs py-spy beside this Python ({spy_binary}): pip install -e '.[bench]'")
     process = None
     url = args.url
     if url is None:
@@ -260,11 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         for number, sessions in enumerate(args.sessions):
             spy = None
             if args.profile and process is not None and number == len(args.sessions) - 1:
-                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(process.pid), "-d", str(int(args.duration)),
+                spy = subprocess.Popen([str(spy_binary), "record", "-p", str(process.pid), "-d", str(int(args.duration)),
                                         "-r", "100", "--threads", "--nonblocking", "-f", "raw",
                                         "-o", str(args.profile)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             level = asyncio.run(run_level(url, sessions, body, frames, args.fps, args.duration, args.warmup,
-                                          args.api_key, args.ramp))
+                                          args.api_key, args.ramp, process.pid if process else None))
             level["held"] = (level["dropped"] == 0 and level["errors"] == 0 and level["refused"] == 0
                              and level["labelled"] >= level["sent"]
                              and level["p99_ms"] is not None and level["p99_ms"] < args.target_p99_ms)
@@ -278,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"p99 {level['p99_ms'] or float('nan'):7.1f} ms  max {level['max_ms'] or float('nan'):7.1f} ms  "
                   f"labelled {level['labelled']}/{level['sent']}  dropped {level['dropped']}  refused {level['refused']} (admitted {level['admitted']})  "
                   f"batch {level['mean_batch'] or 0:4.1f}  forward {level['forward_ms'] or 0:6.1f} ms  "
-                  f"busy {level['forward_busy']:4.0%}  {'held' if level['held'] else 'NOT held'}", flush=True)
+                  f"busy {level['forward_busy']:4.0%}  cores: server {level['server_cores'] or float('nan'):.2f} "
+                  f"clients {level['client_cores']:.2f}  {'held' if level['held'] else 'NOT held'}", flush=True)
             if level["held"]:
                 held = max(held, sessions)
             elif args.stop_after_fail:

@@ -11,6 +11,11 @@ that agrees with the model. The paths, fastest first:
   and cached on disk, so a restart loads it instead of rebuilding it;
 * ``"graph"``: :class:`FrameGraph` run eagerly: 2D channels-last convolutions, BN and ReZero
   folded, the temporal conv as a weighted sum of the stream buffer;
+* ``"graph-trace"``: the same graph as a TorchScript trace (:func:`trace_frame_graph`, plain ops:
+  oneDNN's fused ones do not trace). Alone no faster than ``"graph"``, but its forward runs in
+  C++ without taking Python's GIL back after every op: beside other busy Python threads (a
+  server's event loop and decoders) it keeps its speed where the eager graph is 3-5x slower.
+  ``shared_gil=True`` puts it first;
 * ``"trace"``: the BN-folded model as a TorchScript trace (``trace_frame_step``, what the service
   ran before ``for_streaming``);
 * ``"eager"``: the model itself, the reference.
@@ -18,7 +23,8 @@ that agrees with the model. The paths, fastest first:
 Every path is run on a few frames beside the reference when it is picked (sessions at different
 positions, one batch) and dropped with a logged warning if its logits differ by more than
 ``tolerance(precision, logit scale)``. ``optimize_for_inference(net)`` folds BN into a copy of the model and
-``trace_frame_step`` traces it. ``benchmarks/fast_path.py`` measures them all.
+``trace_frame_step`` traces it. ``benchmarks/fast_path.py`` measures them all (``--gil`` beside
+busy Python threads).
 """
 
 
@@ -54,12 +60,12 @@ __all__ = [
     "StepFn", "StreamStep", "check_against_reference", "cpu_has_bf16", "fold_bn_into_conv",
     "for_streaming", "fuse_batchnorm", "inductor_cache_dir", "optimize_for_inference", "retain_freed_memory",
     "tolerance",
-    "trace_frame_step",
+    "trace_frame_graph", "trace_frame_step",
 ]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("compiled", "graph", "trace", "eager")
+BACKENDS = ("compiled", "graph", "graph-trace", "trace", "eager")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -99,10 +105,37 @@ def trace_frame_step(net: MoViNet, height: int, width: int) -> torch.jit.ScriptM
     return traced
 
 
-def _eager_paths(net: MoViNet, height: int, width: int, precision: str) -> list[tuple[str, Callable[[], StepFn]]]:
+def trace_frame_graph(net: MoViNet, height: int, width: int, precision: str = "fp32") -> torch.jit.ScriptModule:
+    """:class:`FrameGraph` (plain ops) as a TorchScript trace, for any batch size at this frame size.
+
+    Equal to the eager graph (``tests/model/test_fast_path.py``). The reason for it is Python's
+    GIL: an eager forward gives the GIL up and takes it back at each of its few hundred ops, and
+    while other Python threads of the process want it (a server's event loop, its decoders) each
+    take-back waits, so the forward slows down 3-5x (64x64, 8-32 sessions, two busy threads
+    beside it: docs/benchmarks.md); the trace's interpreter runs the ops without it. Why a trace
+    although ``torch.jit.trace`` is deprecated: what torch recommends instead, ``torch.export``,
+    gives a program that runs op by op in Python again (or through AOTInductor, a C++ build of
+    minutes per model and size); the trace is built in a second from the same graph.
+    """
+    graph = FrameGraph(net, height, width, DTYPES[precision], fused=False).eval()
+    step = StreamStep(net, height, width, precision, "graph", graph, [])
+    device = next(net.parameters()).device
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=DeprecationWarning)
+        state = step.init_state(2)
+        _, state = graph(torch.zeros(2, 3, 1, height, width, device=device), state)  # non-zero frame counts
+        state = step.prepare_state(state)
+        return torch.jit.trace(graph, (torch.rand(2, 3, 1, height, width, device=device), state),
+                               strict=False, check_trace=False)
+
+
+def _eager_paths(net: MoViNet, height: int, width: int, precision: str,
+                 shared_gil: bool = False) -> list[tuple[str, Callable[[], StepFn]]]:
     """The paths that need no compiler, fastest first, as factories (a trace takes seconds)."""
-    paths: list[tuple[str, Callable[[], StepFn]]] = [
-        ("graph", lambda: FrameGraph(net, height, width, DTYPES[precision]).eval())]
+    graph = ("graph", lambda: FrameGraph(net, height, width, DTYPES[precision]).eval())
+    traced = ("graph-trace", lambda: trace_frame_graph(net, height, width, precision))
+    paths: list[tuple[str, Callable[[], StepFn]]] = [traced, graph] if shared_gil else [graph, traced]
     if precision == "fp32":
         paths.append(("trace", lambda: trace_frame_step(fuse_batchnorm(net), height, width)))
         paths.append(("eager", lambda: net))
@@ -126,7 +159,7 @@ def _check_fused(graph: FrameGraph, step: StreamStep, net: MoViNet, height: int,
 def for_streaming(net: MoViNet, device: str | torch.device = "cpu", precision: str = "auto",
                   backend: str = "auto", *, height: int | None = None, width: int | None = None,
                   compile: str = "background", batch_sizes: Sequence[int] | None = None,
-                  freeze: bool = False) -> StreamStep:
+                  freeze: bool = False, shared_gil: bool = False) -> StreamStep:
     """The fastest one-frame call of a stream model that agrees with it, as a :class:`StreamStep`.
 
     ``precision``: ``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16 where the CPU has native bf16 and
@@ -158,7 +191,7 @@ def for_streaming(net: MoViNet, device: str | torch.device = "cpu", precision: s
         precisions = [precision]
     checks: list[PathCheck] = []
     for chosen in precisions:
-        candidates = _eager_paths(net, height, width, chosen)
+        candidates = _eager_paths(net, height, width, chosen, shared_gil)
         if backend not in ("auto", "compiled"):
             candidates = [(name, build) for name, build in candidates if name == backend]
             if not candidates and precision != "auto":
@@ -181,6 +214,7 @@ def for_streaming(net: MoViNet, device: str | torch.device = "cpu", precision: s
         break
     else:
         step = StreamStep(net, height, width, "fp32", "eager", net, checks)  # the reference itself
-    if backend in ("auto", "compiled") and compile != "off" and device.type == "cpu" and step.backend == "graph":
+    if backend in ("auto", "compiled") and compile != "off" and device.type == "cpu" \
+            and step.backend in ("graph", "graph-trace"):
         step.compile(batch_sizes, background=compile == "background", freeze=freeze)
     return step

@@ -129,8 +129,9 @@ class ModelRegistry:
         self.default_weights = default_weights
         self.allow_random_weights = allow_random_weights
         self.backend = backend
-        # for_streaming's choices (MOVINET_TORCH_PATH, MOVINET_PRECISION, MOVINET_COMPILE)
-        self.fast_path = {"backend": torch_path, "precision": precision, "compile": compile}
+        # for_streaming's choices (MOVINET_TORCH_PATH, MOVINET_PRECISION, MOVINET_COMPILE); the
+        # forwards run beside the event loop's and the decoders' Python threads (shared_gil)
+        self.fast_path = {"backend": torch_path, "precision": precision, "compile": compile, "shared_gil": True}
         self.device = resolve_device(device)
         self._onnx_dir: Any = None
         self._loaded: dict[str, LoadedModel] = {}

@@ -66,10 +66,12 @@ class Settings(BaseSettings):
         "torch", description="What runs the one-frame forwards: torch (model.optimize.for_streaming's fastest "
         "path that agrees with the model), or onnxruntime (the model exported to ONNX at load, checked equal "
         "to torch within 1e-4; CUDA provider when there is one).")
-    torch_path: Literal["auto", "compiled", "graph", "trace", "eager"] = Field(
+    torch_path: Literal["auto", "compiled", "graph", "graph-trace", "trace", "eager"] = Field(
         "auto", description="The torch path (for_streaming's backend): auto = the compiled graph once built "
-        "(see compile), else the eager one-frame graph (channels-last, BN folded); every path is checked "
-        "against the model at load and gives way to the next if it differs.")
+        "(see compile), else the one-frame graph (channels-last, BN folded) as a TorchScript trace "
+        "(graph-trace: its forward does not wait for the GIL after every op while the event loop and the "
+        "decoders run Python; graph: the same graph run op by op); every path is checked against the model "
+        "at load and gives way to the next if it differs.")
     precision: Literal["fp32", "bf16", "auto"] = Field(
         "fp32", description="Arithmetic of the forwards. fp32 (default): the model's logits to float rounding "
         "(~1e-7) whatever the batch, so a session replayed after a failover gets the calm run's labels. "

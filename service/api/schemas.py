@@ -231,7 +231,7 @@ class ModelEntry(BaseModel):
     num_classes: int | None = Field(None, description="Number of classes; only once the model is loaded "
                                     "(`loaded`), else null: `GET /models/{name}/labels` loads it and names them.")
     runtime: dict[str, Any] | None = Field(None, description="Once loaded: what runs its forwards here: `backend` "
-                                           "(compiled, graph, trace, eager, onnxruntime), `precision`, `compiling` "
+                                           "(compiled, graph, graph-trace, trace, eager, onnxruntime), `precision`, `compiling` "
                                            "(a compiled path still being built in the background) and "
                                            "`compiled_batch_sizes`.")
 

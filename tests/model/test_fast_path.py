@@ -53,7 +53,7 @@ def net() -> model.MoViNet:
     return randomized("movinet_test_stream", use_positional_encoding=True)
 
 
-@pytest.mark.parametrize("backend", ["graph", "trace", "eager"])
+@pytest.mark.parametrize("backend", ["graph", "graph-trace", "trace", "eager"])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_every_eager_path_equals_the_model(net, backend, batch):
     step = for_streaming(net, precision="fp32", backend=backend, height=32, width=32, compile="off")
@@ -217,6 +217,17 @@ def test_step_accepts_model_states_and_leaves_them_alone(net):
     again, _ = step(frames, restored)
     reference, _ = net(frames, {key: value.contiguous() for key, value in new_state.items()})
     assert torch.allclose(again, reference, atol=1e-5)
+
+
+def test_a_server_gets_the_traced_graph_for_any_batch(net):
+    """shared_gil (the service's choice) puts graph-trace first; traced at batch 2, it runs every
+    batch size, sessions at different positions, equal to the model, in fp32 and within bf16's bound."""
+    step = for_streaming(net, precision="fp32", height=32, width=32, compile="off", shared_gil=True)
+    assert step.backend == "graph-trace" and isinstance(step._run, torch.jit.ScriptModule)
+    for batch in (1, 5, 17):
+        assert max_logit_difference(step, net, batch, 32, 32) <= 1e-4
+    bf16 = for_streaming(net, precision="bf16", height=32, width=32, compile="off", shared_gil=True)
+    assert bf16.backend == "graph-trace" and bf16.checks[-1].passed
 
 
 def test_describe_says_what_runs(net):

@@ -105,8 +105,8 @@ def test_models_are_listed_with_their_labels(server):
     entry = models[TEST_MODEL]
     assert entry["weights"] == [TEST_WEIGHTS] and entry["default"] and entry["loaded"]
     assert (entry["input_size"], entry["frame_rate"], entry["num_classes"]) == (64, 5.0, len(TEST_LABELS))
-    # the shipped defaults run the eager one-frame graph in fp32, checked against the model at load
-    assert entry["runtime"] == {"backend": "graph", "precision": "fp32", "compiling": False, "compiled_batch_sizes": []}
+    # the shipped defaults run the one-frame graph as a trace in fp32, checked against the model at load
+    assert entry["runtime"] == {"backend": "graph-trace", "precision": "fp32", "compiling": False, "compiled_batch_sizes": []}
     assert server.loaded().step.checks[0].passed
     assert all(name.endswith("_stream") for name in models)
     labels = httpx.get(f"{server.http}/models/{TEST_MODEL}/labels").json()

@@ -13,12 +13,16 @@ their streams, the paths interleaved call by call so that a busy machine slows t
   matmuls are oneDNN's fused ops, the activation or residual add applied as results are written);
 * ``graph-ops`` / ``graph-ops-bf16``: the same graph with plain ops (conv or matmul, then the
   activation: a second pass over each feature map), what ``graph`` was before the fused ops;
+* ``graph-trace`` / ``graph-trace-bf16``: the graph (plain ops) as a TorchScript trace
+  (``model.optimize.trace_frame_graph``), what the service runs: compare them with
+  ``--beside-threads 2``, where Python threads of the same process want the GIL as a server's
+  event loop and decoders do;
 * ``compiled`` / ``compiled-bf16``: the FrameGraph through inductor, static graphs for
   ``--compiled-sizes`` (default: for_streaming's, per precision), other batches in chunks or
   on the eager graph;
 * ``auto``: what ``for_streaming(net, compile="now")`` picks on this machine;
 * ``service``: what the service runs with its shipped defaults (``for_streaming(net, precision="fp32",
-  compile="off")``).
+  compile="off", shared_gil=True)``).
 
 Printed per path and batch: wall ms per call (median and min of ``--repeats``), ms per
 session-frame, session-frames/s, the speed-up over ``eager`` (medians), and the CPU time of the
@@ -44,8 +48,8 @@ import torch  # noqa: E402
 import model  # noqa: E402
 from model.optimize import DTYPES, FrameGraph, StreamStep, for_streaming, retain_freed_memory  # noqa: E402
 
-ALL_PATHS = ("eager", "trace", "graph-ops", "graph-ops-bf16", "graph", "graph-bf16", "compiled", "compiled-bf16", "auto",
-             "service")
+ALL_PATHS = ("eager", "trace", "graph-ops", "graph-ops-bf16", "graph", "graph-bf16", "graph-trace", "graph-trace-bf16",
+             "compiled", "compiled-bf16", "auto", "service")
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 1024) -> float:
@@ -102,13 +106,15 @@ def build_paths(names: list[str], size: int, compiled_sizes: list[int] | None, f
             paths[name] = _Reference(net)
         elif name == "trace":
             paths[name] = for_streaming(net, backend="trace", height=size, compile="off")
+        elif name.startswith("graph-trace"):
+            paths[name] = for_streaming(net, precision=precision, backend="graph-trace", height=size, compile="off")
         elif name.startswith("graph-ops"):  # the graph with plain ops: conv/matmul, then the activation
             graph = FrameGraph(net, size, size, DTYPES[precision], fused=False).eval()
             paths[name] = StreamStep(net, size, size, precision, "graph", graph, [])
         elif name.startswith("graph"):
             paths[name] = for_streaming(net, precision=precision, backend="graph", height=size, compile="off")
         elif name == "service":
-            paths[name] = for_streaming(net, precision="fp32", height=size, compile="off")
+            paths[name] = for_streaming(net, precision="fp32", height=size, compile="off", shared_gil=True)
         elif name == "auto":
             paths[name] = for_streaming(net, height=size, compile="now")
         elif name.startswith("compiled"):
@@ -124,7 +130,7 @@ def build_paths(names: list[str], size: int, compiled_sizes: list[int] | None, f
     return paths, build_seconds
 
 
-def bench_batch(paths: dict, batch: int, size: int, repeats: int) -> list[dict]:
+def bench_batch(paths: dict, batch: int, size: int, repeats: int, beside_threads: int = 0) -> list[dict]:
     generator = torch.Generator().manual_seed(batch)
     frames = torch.rand(batch, 3, 1, size, size, generator=generator)
     states = {name: staggered_state(step, batch, size, generator) for name, step in paths.items()}
@@ -135,12 +141,13 @@ def bench_batch(paths: dict, batch: int, size: int, repeats: int) -> list[dict]:
         for name, step in paths.items():  # warm-up
             for _ in range(2):
                 _, states[name] = step(frames, states[name])
-        for _ in range(repeats):
-            for name, step in paths.items():
-                start, start_cpu = time.perf_counter(), time.thread_time()
-                _, states[name] = step(frames, states[name])
-                wall[name].append((time.perf_counter() - start) * 1000)
-                cpu[name].append((time.thread_time() - start_cpu) * 1000)
+        with BusyThreads(beside_threads):
+            for _ in range(repeats):
+                for name, step in paths.items():
+                    start, start_cpu = time.perf_counter(), time.thread_time()
+                    _, states[name] = step(frames, states[name])
+                    wall[name].append((time.perf_counter() - start) * 1000)
+                    cpu[name].append((time.thread_time() - start_cpu) * 1000)
     rows = []
     reference = statistics.median(wall["eager"]) if "eager" in wall else None
     for name in paths:
@@ -150,10 +157,39 @@ def bench_batch(paths: dict, batch: int, size: int, repeats: int) -> list[dict]:
             "ms_per_session_frame": round(median / batch, 3), "session_frames_per_s": round(batch * 1000 / median, 1),
             "speedup_vs_eager": round(reference / median, 2) if reference else None,
             "cpu_ms_median": round(statistics.median(cpu[name]), 2),
-            "state_bytes_per_session": bytes_per_session[name],
+            "state_bytes_per_session": bytes_per_session[name], "beside_threads": beside_threads,
         })
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+class BusyThreads:
+    """``count`` Python threads that, while the block runs, each do 0.3 ms of pure-Python work
+    then sleep 0.5 ms, over and over: the GIL traffic of a server's event loop and decoders
+    beside its forwards (each wants the GIL ~35 % of the time)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            time.sleep(0.0005)
+            until = time.perf_counter() + 0.0003
+            while time.perf_counter() < until:
+                pass
+
+    def __enter__(self) -> BusyThreads:
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.count)]
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
 
 
 def wake_up_delays(fn, seconds: float) -> dict:
@@ -207,6 +243,8 @@ def main() -> int:
     parser.add_argument("--compiled-sizes", type=int, nargs="+", help="default: for_streaming's per precision")
     parser.add_argument("--freeze", action="store_true", help="compile with inductor freezing (not cached)")
     parser.add_argument("--gil", type=int, metavar="BATCH", help="also probe the GIL during forwards at this batch")
+    parser.add_argument("--beside-threads", type=int, default=0, metavar="N",
+                        help="time the calls while N busy Python threads want the GIL (see BusyThreads)")
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--glibc-default-malloc", action="store_true",
                         help="do not call retain_freed_memory() (what the service does at start)")
@@ -226,7 +264,7 @@ def main() -> int:
     results["rows"] = []
     for batch in args.batches:
         repeats = max(3, args.repeats if batch <= 8 else args.repeats * 8 // batch)
-        results["rows"] += bench_batch(paths, batch, args.size, repeats)
+        results["rows"] += bench_batch(paths, batch, args.size, repeats, args.beside_threads)
     if args.gil:
         results["gil"] = gil_probe(paths, args.gil, args.size, 4.0)
     results["machine_after"] = {"matmul_gflops_fp32": matmul_gflops(torch.float32)}

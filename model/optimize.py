@@ -12,10 +12,11 @@ that agrees with the model. The paths, fastest first:
 * ``"graph"``: :class:`FrameGraph` run eagerly: 2D channels-last convolutions, BN and ReZero
   folded, the temporal conv as a weighted sum of the stream buffer;
 * ``"graph-trace"``: the same graph as a TorchScript trace (:func:`trace_frame_graph`, plain ops:
-  oneDNN's fused ones do not trace). Alone no faster than ``"graph"``, but its forward runs in
-  C++ without taking Python's GIL back after every op: beside other busy Python threads (a
-  server's event loop and decoders) it keeps its speed where the eager graph is 3-5x slower.
-  ``shared_gil=True`` puts it first;
+  oneDNN's fused ones do not trace). Alone 1.0-1.4x the eager graph at 64x64 (behind it at large
+  bf16 batches, where the fused ops pay), but its forward runs in C++ without taking Python's GIL
+  back after every op: beside other busy Python threads (a server's event loop and decoders) it
+  keeps its speed where the eager graph becomes 2.4-4.1x slower (2.3-3.2x the eager graph's
+  throughput there). ``shared_gil=True`` puts it first;
 * ``"trace"``: the BN-folded model as a TorchScript trace (``trace_frame_step``, what the service
   ran before ``for_streaming``);
 * ``"eager"``: the model itself, the reference.
@@ -23,8 +24,8 @@ that agrees with the model. The paths, fastest first:
 Every path is run on a few frames beside the reference when it is picked (sessions at different
 positions, one batch) and dropped with a logged warning if its logits differ by more than
 ``tolerance(precision, logit scale)``. ``optimize_for_inference(net)`` folds BN into a copy of the model and
-``trace_frame_step`` traces it. ``benchmarks/fast_path.py`` measures them all (``--gil`` beside
-busy Python threads).
+``trace_frame_step`` traces it. ``benchmarks/fast_path.py`` measures them all (``--beside-threads``:
+beside busy Python threads).
 """
 
 
@@ -111,7 +112,7 @@ def trace_frame_graph(net: MoViNet, height: int, width: int, precision: str = "f
     Equal to the eager graph (``tests/model/test_fast_path.py``). The reason for it is Python's
     GIL: an eager forward gives the GIL up and takes it back at each of its few hundred ops, and
     while other Python threads of the process want it (a server's event loop, its decoders) each
-    take-back waits, so the forward slows down 3-5x (64x64, 8-32 sessions, two busy threads
+    take-back waits, so the forward slows down 2.4-4.1x (64x64, 1-64 sessions, two busy threads
     beside it: docs/benchmarks.md); the trace's interpreter runs the ops without it. Why a trace
     although ``torch.jit.trace`` is deprecated: what torch recommends instead, ``torch.export``,
     gives a program that runs op by op in Python again (or through AOTInductor, a C++ build of
@@ -164,12 +165,14 @@ def for_streaming(net: MoViNet, device: str | torch.device = "cpu", precision: s
 
     ``precision``: ``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16 where the CPU has native bf16 and
     the bf16 path passes its check, else fp32). ``backend``: ``"auto"`` or one of
-    :data:`BACKENDS`; a path that fails its check gives way to the next with a logged warning.
-    ``compile`` (for ``"auto"`` and ``"compiled"``): ``"background"`` serves with the eager graph
-    while the compiled graphs build in a thread and switches when they pass; ``"now"`` waits;
-    ``"off"`` never compiles; ``batch_sizes``: the static graphs to build (other batches run on
-    the eager graph); ``freeze``: see :meth:`StreamStep.compile`. ``height``/``width`` default to
-    the model's input size.
+    :data:`BACKENDS`; a path that fails to build or its check gives way to the next with a
+    logged warning. ``compile`` (for ``"auto"`` and ``"compiled"``): ``"background"`` serves with
+    the eager (or traced) graph while the compiled graphs build in a thread and switches when they
+    pass; ``"now"`` waits; ``"off"`` never compiles; ``batch_sizes``: the static graphs to build
+    (other batches run on that graph); ``freeze``: see :meth:`StreamStep.compile`.
+    ``height``/``width`` default to the model's input size. ``shared_gil``: other Python threads
+    of this process run while the forwards do (a server's event loop and decoders): ``"auto"``
+    then tries ``"graph-trace"`` before ``"graph"``.
     """
     if not net.causal:
         raise ValueError("for_streaming needs a stream (causal) model")
@@ -198,7 +201,12 @@ def for_streaming(net: MoViNet, device: str | torch.device = "cpu", precision: s
                 raise ValueError(f"backend {backend!r} has no {chosen} variant")
         for name, build in candidates:
             started = time.perf_counter()
-            fn = build()
+            try:
+                fn = build()
+            except Exception as exc:  # a trace this torch refuses, say: the next path serves
+                checks.append(PathCheck(name, chosen, float("inf"), TOLERANCE[chosen], round(time.perf_counter() - started, 1)))
+                log.warning("%s path (%s) for %s cannot be built (%r); trying the next", name, chosen, net.name, exc)
+                continue
             step = StreamStep(net, height, width, chosen, name, fn, checks)
             diff, scale = check_against_reference(step, net, height, width)
             if isinstance(fn, FrameGraph) and fn.fused:

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
         "bf16 / auto (bf16 where the CPU has it natively): faster at large batches, half the state bytes, "
         "top-1 equal to fp32 on >= 99.5 % of frames (docs/benchmarks.md).")
     compile: Literal["off", "background", "now"] = Field(
-        "off", description="Build the compiled path (torch.compile, inductor C++): off (default: the eager "
+        "off", description="Build the compiled path (torch.compile, inductor C++): off (default: the traced "
         "one-frame graph; at the batches a loaded worker runs the compiled graph is no faster, and a first "
         "build costs minutes of a core), background (serve with the eager graph meanwhile, switch when it "
         "passes its check; 1.5x faster forwards at 1 and 8 sessions), now (before the model counts as loaded).")

@@ -33,6 +33,20 @@ class Prepared:
     decoded_at: float  # unix seconds
 
 
+# Longest side over shortest a frame may have: the short side is resized to the model's size
+# before the centre crop, so a 1 x 65,000 picture (17 kB as a JPEG, well under any pixel limit)
+# would be resized to 64 x 4 million: seconds of a core and gigabytes of memory for one frame.
+# Cameras are 4:3 to 32:9 (3.6); 8 leaves room for any of them.
+MAX_ASPECT = 8.0
+
+
+def check_aspect(width: int, height: int) -> None:
+    """Refuse a frame too long and thin to resize (:data:`MAX_ASPECT`), before it is resized."""
+    if min(width, height) <= 0 or max(width, height) > MAX_ASPECT * min(width, height):
+        raise MediaError("frame_too_large", f"frame {width}x{height}: one side is over {MAX_ASPECT:g} times the "
+                         "other (resizing it to the model's size would take too much memory)")
+
+
 def check_pixels(width: int, height: int, max_pixels: int) -> None:
     """Refuse a frame over the pixel limit (before its pixels are decoded, where the format allows)."""
     if width * height > max_pixels:
@@ -57,8 +71,10 @@ def fit_frame(frame: av.VideoFrame | np.ndarray, size: int, short_side: int | No
 
     ``exact`` (the default) uses :func:`model.preprocess.fit_frame`, the function the model's
     evaluation uses too; ``exact=False`` does the same geometry in swscale (faster, within a few
-    grey levels).
+    grey levels). A frame over :data:`MAX_ASPECT` gets ``frame_too_large``.
     """
+    height, width = frame.shape[:2] if isinstance(frame, np.ndarray) else (frame.height, frame.width)
+    check_aspect(width, height)
     if isinstance(frame, np.ndarray):
         if exact:
             return model_fit_frame(frame, size, short_side)

@@ -230,6 +230,21 @@ def test_a_server_gets_the_traced_graph_for_any_batch(net):
     assert bf16.backend == "graph-trace" and bf16.checks[-1].passed
 
 
+def test_a_path_that_cannot_be_built_gives_way_with_a_warning(net, monkeypatch, caplog):
+    import model.optimize as optimize
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("this torch does not trace")
+
+    monkeypatch.setattr(optimize, "trace_frame_graph", refused)
+    with caplog.at_level(logging.WARNING, logger="model.optimize"):
+        step = for_streaming(net, precision="fp32", height=32, width=32, compile="off", shared_gil=True)
+    assert step.backend == "graph" and "graph-trace path (fp32)" in caplog.text and "cannot be built" in caplog.text
+    failed = step.describe()["checks"][0]
+    assert failed["backend"] == "graph-trace" and not failed["passed"]
+    assert max_logit_difference(step, net, 3, 32, 32) <= 1e-4
+
+
 def test_describe_says_what_runs(net):
     step = for_streaming(net, precision="fp32", height=32, width=32, compile="off")
     assert isinstance(step, StreamStep)

@@ -112,6 +112,29 @@ def test_jpegs_the_fast_path_does_not_take_still_decode_or_fail_clearly():
     assert error.value.code == "frame_too_large"
 
 
+def test_a_long_thin_frame_is_refused_before_it_is_resized():
+    """A 1 x 65,000 JPEG is 17 kB and far under the pixel limit, but resizing its short side to
+    the model's size would make a 64 x 4-million picture: frame_too_large, at once, whether it
+    comes as a still image or as a decoded video picture; 8:1 is still a frame."""
+    import time
+
+    from service.sources.decode import image_work
+
+    thin = _jpeg(np.full((1, 65000, 3), 128, np.uint8))
+    started = time.perf_counter()
+    with pytest.raises(MediaError) as error:
+        image_work(thin, 10**8, 64, None, True)()
+    assert error.value.code == "frame_too_large" and "8 times" in error.value.message
+    assert time.perf_counter() - started < 1.0  # refused, not resized
+    picture = av.VideoFrame.from_ndarray(np.zeros((16, 200, 3), np.uint8), format="rgb24")  # 12.5:1
+    for exact in (True, False):
+        with pytest.raises(MediaError) as error:
+            fit_frame(picture, 64, exact=exact)
+        assert error.value.code == "frame_too_large"
+    wide = fit_frame(np.zeros((40, 320, 3), np.uint8), 64)  # 8:1
+    assert wide.shape == (64, 64, 3)
+
+
 ROOT_VIDEO = Path(__file__).resolve().parents[1] / "assets" / "motion_test.mp4"
 
 

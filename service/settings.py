@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     compile: Literal["off", "background", "now"] = Field(
         "off", description="Build the compiled path (torch.compile, inductor C++): off (default: the traced "
         "one-frame graph; at the batches a loaded worker runs the compiled graph is no faster, and a first "
-        "build costs minutes of a core), background (serve with the eager graph meanwhile, switch when it "
+        "build costs minutes of a core), background (serve with the traced graph meanwhile, switch when it "
         "passes its check; 1.5x faster forwards at 1 and 8 sessions), now (before the model counts as loaded).")
 
     # Access.

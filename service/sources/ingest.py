@@ -31,6 +31,7 @@ log = logging.getLogger("service.sources.ingest")
 Report = Callable[[str, str], Awaitable[None]]
 
 TOUCH_EVERY_S = 1.0  # a producer keeps its session alive at most this often (a store write)
+REPORT_EVERY_S = 2.0  # a repeated loss (store away, a fault) is told to the client at most this often
 BLOCK_POLL_S = (0.002, 0.02)  # a blocked producer looks at the backlog this often: first, at most
 _DROP_REASON = {"frame_too_large": "too_large", "late_frame": "late"}
 
@@ -53,7 +54,7 @@ class FrameSink:
         # so that the producer may cancel what called it.
         self.on_lost: Callable[[], Awaitable[None]] | None = None
         self._touched_at = 0.0
-        self._store_error_reported = 0.0
+        self._reported_at: dict[str, float] = {}  # error code -> when the client was last told
         self._lost_reported = False
 
     async def add(self, prepared: Prepared, kind: str) -> None:
@@ -72,8 +73,7 @@ class FrameSink:
         except STORE_ERRORS as exc:
             # The store is away: this frame is lost (counted here; the store cannot count it).
             self.metrics.frames_dropped.labels("store").inc()
-            if time.monotonic() - self._store_error_reported > 2.0:
-                self._store_error_reported = time.monotonic()
+            if self._due("store_unavailable"):
                 log.warning(kv("store_unavailable", session_id=self.session_id, error=repr(exc)))
                 await self.report("store_unavailable", "the state store is unreachable: frames are dropped "
                                   "until it is back")
@@ -84,6 +84,14 @@ class FrameSink:
                 await self.report("session_lost", "the session is gone from the store")
                 if self.on_lost is not None:  # e.g. deleted through another gateway: the producer stops
                     asyncio.get_running_loop().create_task(self.on_lost())
+            return
+        except Exception:  # a fault of the server's own (logged): this frame is lost, the stream goes on
+            log.exception(kv("append_failed", session_id=self.session_id))
+            self.metrics.frames_dropped.labels("error").inc()
+            await self._count_dropped(1)
+            if self._due("internal_error"):
+                await self.report("internal_error", "the server could not log a frame (a fault of its own, "
+                                  "logged there): it is dropped and the stream goes on")
             return
         self.last_seq = appended.seq
         self.metrics.frames_received.labels(kind).inc()
@@ -148,6 +156,15 @@ class FrameSink:
             await self.touch()  # waiting is activity: the session must not expire meanwhile
         if started is not None:
             self.metrics.ingest_wait_seconds.inc(time.monotonic() - started)
+
+    def _due(self, code: str, every_s: float = REPORT_EVERY_S) -> bool:
+        """Whether the client should be told of ``code`` now: at most once every ``every_s`` (a
+        store outage or a fault loses many frames; one message says so)."""
+        now, last = time.monotonic(), self._reported_at.get(code)
+        if last is not None and now - last < every_s:
+            return False
+        self._reported_at[code] = now
+        return True
 
     async def _count_dropped(self, frames: int) -> None:
         try:

@@ -39,9 +39,12 @@ __all__ = ["STORE_ERRORS", "Appended", "ClientSessionsFull", "DropPolicy", "Fram
            "create_store"]
 
 try:  # what a store call raises while the store is away (Redis down, restarting, unreachable)
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
-    STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, ConnectionError, TimeoutError)
+    # RedisClusterException is not a RedisError: a Cluster client raises it when it cannot map the
+    # cluster (no node answers, slots uncovered) or a slot (SlotNotCoveredError), as in a failover.
+    STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, ConnectionError,
+                                                     TimeoutError)
 except ImportError:  # pragma: no cover - redis is a dependency of the service
     STORE_ERRORS = (ConnectionError, TimeoutError)
 

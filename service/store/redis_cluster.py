@@ -14,6 +14,19 @@ Found on a real six-node cluster migrating the slots of streaming sessions (test
   ``STREAMS``; the slot is computed from them.
 * **The first command alone** (``warm``): many concurrent first commands (a gateway's sockets at
   startup) raced in redis-py's topology discovery and failed or were sent twice.
+* **A connection closed under a command is a lost connection.** redis-py closes every connection
+  of the client (on every fifth MOVED, a slot it finds uncovered, a failed refresh of its map), also
+  those other tasks are about to write on. Such a write raises ``RuntimeError`` under uvloop (the
+  transport is closed) or ``AttributeError`` (the writer is gone), which redis-py does not retry: a frame's append was lost without a word, a
+  producer's socket closed with 1011. It is raised as redis-py's ``ConnectionError``, which
+  redis-py retries; the write never left, so the command is sent once.
+* **No refresh every fifth MOVED** (``reinitialize_steps=0``): a MOVED patches the slot it names,
+  which is what a reshard needs, instead of closing every connection of the client each fifth
+  time. A lost connection and a failover still refresh the whole map.
+* **A failed refresh of the map is tried again** (``initialize``). redis-py refreshes it after a
+  lost connection, outside its own retry loop: one refresh that found no node answering in time
+  (nodes busy migrating keys, a primary being replaced) raised ``RedisClusterException`` straight
+  to the caller, a frame's append or a worker's commit. It is tried again for ~1.5 s, as TRYAGAIN is.
 """
 
 from __future__ import annotations
@@ -24,16 +37,33 @@ import weakref
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 
 __all__ = ["MovinetCluster"]
 
 # Tasks that sent ASKING to a node and have not sent it the command yet (the command follows at
 # once, in the same task: redis-py's redirection loop).
 _asking: weakref.WeakKeyDictionary[asyncio.Task, ClusterNode] = weakref.WeakKeyDictionary()
+# Pauses between tries of a failed topology refresh (~1.5 s in all, then its error is raised).
+REFRESH_RETRY_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 _plain_execute = getattr(ClusterNode.execute_command, "movinet_plain", ClusterNode.execute_command)
 
 
 async def _execute(self: ClusterNode, *args: Any, asking: bool = False, **kwargs: Any) -> Any:
+    try:
+        return await _execute_on(self, *args, asking=asking, **kwargs)
+    except (RuntimeError, AttributeError) as exc:
+        # uvloop: "unable to perform operation on <TCPTransport closed=True ...>"; or the
+        # connection's reader or writer already let go ("'NoneType' object has no attribute ...").
+        if "closed" not in str(exc) and "'NoneType'" not in str(exc):
+            raise
+        # Another task closed the node's connections (a topology refresh does) while this one
+        # wrote: a lost connection, which redis-py retries, not a fault of the caller's.
+        raise RedisConnectionError(f"the connection to {self.name} was closed under the command") from exc
+
+
+async def _execute_on(self: ClusterNode, *args: Any, asking: bool = False, **kwargs: Any) -> Any:
     task = asyncio.current_task()
     if len(args) == 1 and str(args[0]).upper() == "ASKING" and task is not None:
         _asking[task] = self
@@ -90,6 +120,10 @@ class MovinetCluster(RedisCluster):
     # instead of redis-py's 16 (~0.4 s), after which a frame or a commit would fail.
     RedisClusterRequestTTL = 80
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("reinitialize_steps", 0)  # see the module docstring
+        super().__init__(*args, **kwargs)
+
     async def warm(self) -> None:
         if self._warmed:
             return
@@ -100,6 +134,14 @@ class MovinetCluster(RedisCluster):
                 await self.initialize()
                 await super().execute_command("PING")
                 self._warmed = True
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        for pause in REFRESH_RETRY_S:
+            try:
+                return await super().initialize(*args, **kwargs)
+            except RedisClusterException:  # no node answered in time, slots uncovered: a moment later
+                await asyncio.sleep(pause)
+        return await super().initialize(*args, **kwargs)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if not self._warmed:

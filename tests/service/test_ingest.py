@@ -90,3 +90,39 @@ async def test_a_full_pipe_drops_the_oldest_frame_or_blocks_its_thread():
         logged = await store.streams.frames_after(sink.session_id, 0)
         assert [f.frame_index for f in logged][-4:] == [10, 11, 12, 13]  # none dropped
         assert (await store.sessions.get(sink.session_id)).frames_dropped == 3
+
+
+@pytest.mark.parametrize("failure", ["cluster", "fault"])
+async def test_a_frame_the_store_call_fails_on_is_told_counted_and_the_stream_goes_on(failure, monkeypatch):
+    """A Cluster client's own error (it could not map the cluster: RedisClusterException, no
+    RedisError) is the store being away; any other exception is a fault of the server's. Either way
+    the frame is counted as dropped, the client is told once, and the next frames are logged."""
+    import numpy as np
+    from redis.exceptions import SlotNotCoveredError
+
+    async with pipeline() as (sink, store, reports):
+        append = store.streams.append
+
+        async def failing(session_id, frame, *, keep):
+            if frame.frame_index in (1, 2):
+                raise SlotNotCoveredError('Slot "7" not covered') if failure == "cluster" else RuntimeError("bug")
+            return await append(session_id, frame, keep=keep)
+
+        monkeypatch.setattr(store.streams, "append", failing)
+        metrics = Metrics()
+        sink.metrics = metrics
+        pipe = FramePipe(sink, "test", capacity=8)
+        rgb = np.zeros((4, 4, 3), np.uint8)
+        for k in range(4):
+            pipe.put(Pending(pts=k / 5, slots=[k], arrived_at=0.0, rgb=rgb))
+        pipe.end()
+        await pipe.wait_ended()
+        logged = await store.streams.frames_after(sink.session_id, 0)
+        assert [f.frame_index for f in logged] == [0, 3]
+        code = "store_unavailable" if failure == "cluster" else "internal_error"
+        assert [c for c, _ in reports] == [code]  # told once for the two frames
+        assert all("bug" not in message and "Slot" not in message for _, message in reports)
+        reason = "store" if failure == "cluster" else "error"
+        assert metrics.frames_dropped.labels(reason)._value.get() == 2
+        if failure == "fault":  # the store still counts what it could not log (it is there)
+            assert (await store.sessions.get(sink.session_id)).frames_dropped == 2

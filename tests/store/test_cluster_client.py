@@ -5,6 +5,7 @@ and XREAD is routed without asking a node where its keys are."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,3 +141,25 @@ def test_a_connection_closed_under_a_command_fails_as_a_lost_connection(cluster)
     escaped = [value for _, value in pairs if isinstance(value, Exception)]
     assert [e for e in escaped if type(e) is not RedisConnectionError] == []
     assert all(value == name.encode() for name, value in pairs if not isinstance(value, Exception))
+
+
+def test_a_refresh_of_the_map_that_finds_no_node_answering_is_tried_again(cluster):
+    """Every node closes the client's connections and stops answering for 1.5 s (CLIENT PAUSE ALL),
+    under a client with 0.2 s socket timeouts: the read finds its connection closed, redis-py
+    refreshes its map of the cluster, and no node answers that. redis-py raised RedisClusterException ("cannot be connected") to the caller at once;
+    the refresh is tried again and the read returns its value once the nodes answer."""
+    async def main() -> tuple[bytes, float]:
+        client = connect(parse_redis_url(cluster.url), socket_timeout=0.2, socket_connect_timeout=0.2)
+        await client.set("{s_pause}:n", b"there")
+        for node in cluster.alive():  # the client's connections closed (a refresh follows), then a pause
+            cli(node.port, "client", "kill", "type", "normal")
+            cli(node.port, "client", "pause", "1500", "all")
+        started = time.monotonic()
+        value = await client.get("{s_pause}:n")
+        took = time.monotonic() - started
+        await client.aclose()
+        return value, took
+
+    value, took = asyncio.run(main())
+    assert value == b"there"
+    assert took >= 1.0, took  # it did wait out the pause

@@ -210,7 +210,7 @@ async def _watch(args: argparse.Namespace, out: Printer) -> int:
         out.message(message)
 
     code = await MovinetClient(args.url).watch(args.session_id, args.token, show, after_seq=args.after_seq)
-    fatal = [m for m in failed if m.get("code") not in ("decode_error", "store_unavailable")]
+    fatal = [m for m in failed if m.get("code") not in ("decode_error", "store_unavailable", "internal_error")]
     if code in (1000, 4410) and not (code == 1000 and fatal):  # the session ended, or the stream did
         return 0
     reason = f"{fatal[-1]['code']}: {fatal[-1]['message']}" if fatal else "closed"

@@ -1,6 +1,6 @@
 """The worker loop's throughput: N sessions with frames waiting, through the real InferenceLoop.
 
-    python benchmarks/worker_tick.py [--sessions 1 8 64 256] [--frames 20] [--size 64] [--json out.json]
+    .venv/bin/python benchmarks/worker_tick.py [--sessions 1 8 64 256] [--frames 20] [--json out.json]
     python benchmarks/worker_tick.py --tree /path/to/an/older/checkout   # the same, on another version
 
 Every session has ``--frames`` model frames logged in the in-memory store before the clock starts;

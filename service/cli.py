@@ -145,6 +145,8 @@ def needs_fetch(settings) -> bool:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from service.api.app import create_app
     from service.logs import install_redaction, setup_logging
     from service.settings import Settings
@@ -156,7 +158,13 @@ def serve(args: argparse.Namespace) -> int:
         "weights": args.weights, "allow_random_weights": args.allow_random_weights,
         "torch_threads": args.torch_threads, "device": args.device, "log_level": args.log_level,
     }.items() if value is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:  # one line per bad setting; never the value (it may be a secret)
+        for error in exc.errors():
+            name = "MOVINET_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "settings"
+            print(f"movinet-service {role}: {name}: {error['msg']}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_level)
     try:
         settings = prepare_weights(settings)

@@ -1,6 +1,6 @@
 """A small RTSP server for the tests: serves a video file at real time on 127.0.0.1.
 
-    /usr/bin/python3 tests/service/rtsp_server.py VIDEO --port 8554 [--mount /test] [--loop]
+    /usr/bin/python3 tests/service/rtsp_server.py VIDEO --port 8554 [--mount /test]
 
 Runs under the *system* Python (gst-rtsp-server comes through Debian's python3-gi, which a venv
 does not see): Debian packages ``python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base

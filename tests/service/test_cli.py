@@ -22,6 +22,18 @@ def test_unrunnable_configurations_exit_2_with_the_reason(argv, message, capsys,
     assert message in capsys.readouterr().err
 
 
+def test_a_bad_setting_exits_2_with_one_line_naming_it_and_never_its_value(capsys, monkeypatch):
+    monkeypatch.delenv("MOVINET_REDIS_URL", raising=False)
+    monkeypatch.setenv("MOVINET_PORT", "abc")
+    monkeypatch.setenv("MOVINET_API_KEYS", "s3cret-key")
+    monkeypatch.setenv("MOVINET_MAX_SESSIONS", "-5s3cret")
+    assert main(["serve"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert sorted(line.split(":")[1].strip() for line in lines) == ["MOVINET_MAX_SESSIONS", "MOVINET_PORT"], lines
+    assert all(line.startswith("movinet-service serve: MOVINET_") for line in lines)
+    assert not any("s3cret" in line or "abc" in line for line in lines), lines
+
+
 def test_a_port_in_use_exits_1_with_one_line_before_anything_starts(capsys, monkeypatch):
     import socket
 

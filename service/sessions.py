@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from service import messages
 from service.admission import Admission
 from service.api.schemas import LastResult, SessionCreate, SessionStatus
-from service.errors import ApiError, CloseCode
+from service.errors import ApiError, CloseCode, shown
 from service.hub import Closable, ConnectionHub
 from service.logs import kv
 from service.metrics import Metrics
@@ -235,7 +235,7 @@ class SessionService:
     async def get(self, session_id: str) -> SessionRecord:
         record = await self.store.sessions.get(session_id)
         if record is None:
-            raise ApiError(404, "session_not_found", f"no session {session_id!r} (never created, deleted or expired)")
+            raise ApiError(404, "session_not_found", f"no session {shown(session_id)} (never created, deleted or expired)")
         return record
 
     def check_token(self, record: SessionRecord, token: str | None, api_key: str | None = None) -> None:

@@ -15,6 +15,7 @@ is quoted back longer than :data:`SHOWN` characters.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from service.api.schemas import SessionCreate
 from service.errors import ApiError, shown
@@ -83,8 +85,18 @@ def _json_media_type(content_type: str) -> bool:
 
 
 async def json_object(request: Request) -> dict[str, Any]:
-    """The request's JSON object body (``{}`` when there is none), or an :class:`ApiError`."""
-    body = await request.body()
+    """The request's JSON object body (``{}`` when there is none), or an :class:`ApiError`.
+
+    The body must arrive within ``http_head_timeout_s``, as the head must (a body sent a byte at a
+    time held its connection forever): else 408. A client gone mid-body gets nothing (400, which no
+    one reads) and leaves no traceback in the log."""
+    timeout = request.app.state.settings.http_head_timeout_s
+    try:
+        body = await asyncio.wait_for(request.body(), timeout)
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout:g} s") from None
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "the client went away before its body arrived") from None
     if not body.strip():
         return {}
     content_type = request.headers.get("content-type", "")

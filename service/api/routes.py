@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -215,6 +216,19 @@ async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+# What aiortc's SDP parser lets out of Python itself (int("0\x00"), a KeyError of an unknown value,
+# a short line unpacked): no message for a client.
+_PYTHON_TEXT = re.compile(r"invalid literal for|could not convert|values to unpack|index out of range")
+
+
+def offer_reason(exc: BaseException) -> str:
+    """Why an offer was refused, for the client: aiortc's own ValueErrors say what is wrong with the
+    SDP; Python's own errors from parsing it say nothing a client can use."""
+    if type(exc) is ValueError and not _PYTHON_TEXT.search(str(exc)):
+        return public_reason(exc)
+    return "its SDP could not be parsed"
+
+
 @sessions.post("/sessions/{session_id}/webrtc", response_model=RtcAnswer, summary="Stream a session over WebRTC",
                openapi_extra=request_body(RtcOffer, required=True),
                description="Takes an SDP offer with a video track (and a data channel labelled `labels` for the "
@@ -235,6 +249,6 @@ async def offer(session_id: str, body: OfferBody, request: Request, service: Ser
         raise
     except Exception as exc:  # aiortc refuses SDP with ValueError and friends
         await peer.close(reason="bad_offer")
-        raise ApiError(422, "bad_offer", f"cannot answer this offer: {public_reason(exc)}") from None
+        raise ApiError(422, "bad_offer", f"cannot answer this offer: {offer_reason(exc)}") from None
     log.info(kv("webrtc_answered", session_id=session_id))
     return RtcAnswer(sdp=answer.sdp, type="answer")

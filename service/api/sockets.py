@@ -22,7 +22,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service import messages
 from service.api.bodies import strict_loads
-from service.errors import ApiError, CloseCode
+from service.errors import ApiError, CloseCode, shown
 from service.logs import kv
 from service.pump import ResultPump, start_seq
 from service.sessions import SessionService
@@ -65,7 +65,7 @@ class Connection:
         try:
             async with self._send_lock:
                 if self.websocket.application_state != WebSocketState.DISCONNECTED:
-                    await self.websocket.close(code=int(code), reason=reason[:120])
+                    await self.websocket.close(code=int(code), reason=close_reason(reason))
         except (RuntimeError, OSError, WebSocketDisconnect):
             pass
 
@@ -109,7 +109,13 @@ def _after_seq(websocket: WebSocket) -> int | None:
 async def _refuse(websocket: WebSocket, code: int, error: str, message: str) -> None:
     await _accept(websocket)
     await websocket.send_text(json.dumps(messages.error(error, message)))
-    await websocket.close(code=code, reason=message[:120])
+    await websocket.close(code=code, reason=close_reason(message))
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a close frame holds: 123 bytes of UTF-8 (RFC 6455), not characters, and
+    never half a character (a longer reason broke the frame: no close code reached the client)."""
+    return text.encode()[:123].decode(errors="ignore")
 
 
 async def _authorise(websocket: WebSocket, service: SessionService, session_id: str) -> SessionRecord | None:
@@ -275,7 +281,8 @@ async def _control(text: str, source: WebSocketInput, connection: Connection, pu
         await connection.close(CloseCode.NORMAL, "end of stream", messages.eos(pump.sent_seq, flushed))
         return True
     else:
-        await report("bad_message", f"unknown control message type {str(kind)[:40]!r}")
+        await report("bad_message", f"unknown control message type {shown(kind, 40)}" if isinstance(kind, str)
+                     else 'a control message\'s "type" is a string')
     return False
 
 

@@ -63,6 +63,35 @@ def test_refused_sockets_get_documented_close_codes(limited):
         assert (got_code, message["type"], message["code"]) == (code, "error", error), url
 
 
+def test_a_long_or_non_ascii_session_id_gets_its_close_code_and_a_bounded_message(limited):
+    """The close reason is cut to 123 bytes of UTF-8 (a reason cut to 120 characters of two bytes
+    each broke the close frame: no code reached the client, an ASGI error in the log), and no
+    message quotes more than 64 characters of the id."""
+    for session_id in ("%C3%A9" * 60, "a" * 7000, "%E2%82%AC" * 50):
+        got_code, message = asyncio.run(_expect_close(f"{limited.ws}/sessions/{session_id}/stream?token=x"))
+        assert (got_code, message["code"]) == (4404, "session_not_found")
+        assert len(message["message"]) < 140, message
+    response = httpx.get(f"{limited.http}/sessions/{'a' * 7000}", headers={"Authorization": "Bearer x"})
+    assert response.status_code == 404 and len(response.json()["error"]["message"]) < 140
+
+
+def test_a_control_message_type_that_is_not_a_string_is_named_without_a_python_repr(limited):
+    session = limited.create()
+
+    async def run():
+        async with connect(stream_url(limited, session)) as ws:
+            await ws.recv()
+            for kind in ({"a": 1}, None, [1, 2], 7, "x" * 100):
+                await ws.send(json.dumps({"type": kind}))
+            await ws.send(json.dumps({"type": "eos"}))
+            return await collect_until_close(ws)
+
+    errors = errors_of(asyncio.run(run()))
+    assert [e["code"] for e in errors] == ["bad_message"] * 5
+    assert all("{" not in e["message"] and "None" not in e["message"] and "[" not in e["message"] for e in errors)
+    assert len(errors[-1]["message"]) < 100 and "xxxx" in errors[-1]["message"]
+
+
 def test_one_producer_per_session_and_watcher_limit(limited):
     session = limited.create()
 

@@ -170,6 +170,47 @@ def test_a_slow_drip_does_not_extend_the_deadline(served):
     assert status(head) == 408 and closed and closed_after < HEAD_TIMEOUT_S + 4
 
 
+def test_a_body_sent_a_byte_at_a_time_is_answered_408_and_a_body_cut_off_leaves_no_traceback(served):
+    """The body has the head's deadline (a drip of body bytes held the connection forever), and a
+    client that hangs up mid-body is no ASGI error in the log."""
+    head_then = b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    with served.connect() as sock:
+        started = time.monotonic()
+        sock.sendall(head_then)
+        sock.settimeout(0.5)
+        head = b""
+        while not head and time.monotonic() - started < HEAD_TIMEOUT_S + 5:
+            try:
+                sock.sendall(b" ")
+                head = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        elapsed = time.monotonic() - started
+        sock.settimeout(KEEP_ALIVE_S + 3)
+        closed = False
+        while not closed:  # the rest of the answer, then EOF
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            except OSError:
+                chunk = b""
+            head += chunk
+            closed = chunk == b""
+    assert status(head) == 408 and b"request_timeout" in head and closed, head
+    assert HEAD_TIMEOUT_S - 0.2 < elapsed < HEAD_TIMEOUT_S + 3
+    before = len(served.log_lines())
+    for _ in range(3):
+        with served.connect() as sock:
+            sock.sendall(head_then)
+    time.sleep(0.5)
+    assert httpx.get(served.http + "/healthz").status_code == 200
+    new = served.log_lines()[before:]
+    assert not [line for line in new if "level=error" in line or "Traceback" in line], new
+
+
 def test_an_idle_keep_alive_connection_is_closed(served):
     with served.connect() as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -137,6 +137,11 @@ def test_webrtc_offer_needs_the_token_and_a_push_session(motion_server):
     auth = {"Authorization": f"Bearer {session['token']}"}
     response = httpx.post(url, json={"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "type": "offer"}, headers=auth)
     assert response.status_code == 422 and response.json()["error"]["code"] == "bad_offer"
+    for sdp in ("v=0\u0000\r\nm=video 9 x\r\n", "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=setup:bogus\r\n"):
+        response = httpx.post(url, json={"sdp": sdp, "type": "offer"}, headers=auth)  # Python's own errors inside
+        assert response.status_code == 422 and response.json()["error"]["code"] == "bad_offer"
+        message = response.json()["error"]["message"]
+        assert "invalid literal" not in message and "'bogus'" not in message, message
 
     async def data_only_offer() -> str:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))

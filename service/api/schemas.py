@@ -15,6 +15,11 @@ MIN_IDLE_TIMEOUT_S = 1.0
 NAME_MAX_LENGTH = 128  # a model name or weights tag (the longest today is 20 characters)
 
 
+# The slowest declared stream rate: a frame every 100 s (a time-lapse camera). Slower ones made
+# pts of 1e301 s, and 5e-324 an infinite frame duration.
+MIN_STREAM_FPS = 0.01
+
+
 class WebSocketSource(BaseModel):
     """Frames arrive on ``WS /sessions/{id}/stream`` (or from a WebRTC peer, see ``webrtc``)."""
 
@@ -24,8 +29,9 @@ class WebSocketSource(BaseModel):
         "auto", description="`images`: one JPEG/PNG/WebP per binary message; `video`: chunks of one "
         "WebM/MP4/H.264 stream; `auto`: decided by the first bytes of the first message.")
     frame_rate: float | None = Field(
-        None, gt=0, le=240, strict=True, allow_inf_nan=False, description="Frame rate of a video stream that has no timestamps (raw H.264). "
-        "Without it such frames are timed by arrival.")
+        None, ge=MIN_STREAM_FPS, le=240, strict=True, allow_inf_nan=False,
+        description="Frame rate of a video stream that has no timestamps (raw H.264), from 0.01 (a frame every "
+        "100 s) to 240. Without it such frames are timed by arrival.")
 
 
 class RtspSource(BaseModel):

@@ -22,6 +22,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service import messages
 from service.api.bodies import strict_loads
+from service.api.schemas import MIN_STREAM_FPS
 from service.errors import ApiError, CloseCode, shown
 from service.logs import kv
 from service.pump import ResultPump, start_seq
@@ -270,8 +271,8 @@ async def _control(text: str, source: WebSocketInput, connection: Connection, pu
         if input_kind not in (None, "auto", "images", "video"):
             await report("bad_message", '"input" must be auto, images or video')
             return False
-        if frame_rate is not None and (valid_pts(frame_rate) is None or not 0 < frame_rate <= 240):
-            await report("bad_message", '"frame_rate" must be a number above 0 and at most 240')
+        if frame_rate is not None and (valid_pts(frame_rate) is None or not MIN_STREAM_FPS <= frame_rate <= 240):
+            await report("bad_message", '"frame_rate" must be a number from 0.01 to 240')
             return False
         await source.start_stream(input_kind, frame_rate)
     elif kind == "eos":

@@ -151,12 +151,12 @@ class WebSocketInput:
             self._video.start()
         log.info(kv("input_opened", session_id=self.session_id, mode=mode))
 
-    async def _unsupported(self, message: str) -> None:
-        await self.sink.bad_input(MediaError("unsupported_format", message), frames=0)
+    async def _unsupported(self, message: str, frames: int = 0) -> None:
+        await self.sink.bad_input(MediaError("unsupported_format", message), frames=frames)
 
     async def _image(self, data: bytes, arrived_at: float) -> None:
-        if sniff(data) != "image":
-            await self._unsupported("not a JPEG, PNG or WebP image")
+        if sniff(data) != "image":  # a frame of an images stream, lost: counted as dropped
+            await self._unsupported("not a JPEG, PNG or WebP image", frames=1)
             return
         pts = self.next_pts
         self.next_pts = None

@@ -92,6 +92,26 @@ def test_a_control_message_type_that_is_not_a_string_is_named_without_a_python_r
     assert len(errors[-1]["message"]) < 100 and "xxxx" in errors[-1]["message"]
 
 
+def test_a_declared_frame_rate_below_one_frame_a_hundred_seconds_is_refused(limited):
+    """1e-300 fps made pts of 1e301 s and 300-digit frame indexes; 5e-324 an infinite frame
+    duration (the decoder failed). Both are refused where they are declared."""
+    for rate in (1e-300, 5e-324, 0.005):
+        response = httpx.post(f"{limited.http}/sessions", json={"source": {"type": "websocket", "frame_rate": rate}})
+        assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request", rate
+    assert httpx.post(f"{limited.http}/sessions", json={"source": {"type": "websocket", "frame_rate": 0.01}}
+                      ).status_code == 201
+    session = limited.create()
+
+    async def run():
+        async with connect(stream_url(limited, session)) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "start", "input": "video", "frame_rate": 5e-324}))
+            await ws.send(json.dumps({"type": "eos"}))
+            return await collect_until_close(ws)
+
+    assert [(e["code"], "0.01" in e["message"]) for e in errors_of(asyncio.run(run()))] == [("bad_message", True)]
+
+
 def test_one_producer_per_session_and_watcher_limit(limited):
     session = limited.create()
 
@@ -161,7 +181,7 @@ def test_bad_input_is_reported_and_neither_this_nor_a_parallel_session_stops(lim
     assert [r["pts"] for r in bad_results] == [0.2, 0.6]
     assert bad_messages[-1]["type"] == "eos"
     status = httpx.get(f"{limited.http}/sessions/{bad['session_id']}", params={"token": bad["token"]}).json()
-    assert status["frames_processed"] == 2 and status["frames_dropped"] == 4
+    assert status["frames_processed"] == 2 and status["frames_dropped"] == 5  # the one of each refused message
     # The good session, streaming at the same time, is untouched.
     assert not errors_of(good_messages)
     assert_matches_reference(results_of(good_messages),

@@ -64,7 +64,7 @@ async def test_bad_bytes_are_reported_and_counted_and_the_stream_goes_on(loaded)
         assert codes == ["unsupported_format", "decode_error"]
         assert all("0x" not in message and "Errno" not in message for _, message in reports)
         got = await store.sessions.get(sink.session_id)
-        assert (got.frames_received, got.frames_dropped) == (1, 1)
+        assert (got.frames_received, got.frames_dropped) == (1, 2)  # each refused image is a frame lost
 
 
 async def test_a_full_pipe_drops_the_oldest_frame_or_blocks_its_thread():

@@ -48,6 +48,12 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+def starts_container(data: bytes) -> bool:
+    """Whether a message begins a new WebM/Matroska or MP4 file (its EBML header or ``ftyp`` box):
+    bytes that occur only at a file's start, unlike a fragment's ``moof`` or an H.264 start code."""
+    return data[:4] == b"\x1a\x45\xdf\xa3" or data[4:8] == b"ftyp"
+
+
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """One still image → uint8 RGB ``H x W x 3``. Raises :class:`MediaError` on bad or oversized input.
 

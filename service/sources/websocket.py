@@ -30,7 +30,7 @@ from service.metrics import Metrics
 from service.registry import LoadedModel
 from service.settings import Settings
 from service.sources.budget import DecodeBudget
-from service.sources.decode import VideoStreamDecoder, image_work, sniff
+from service.sources.decode import VideoStreamDecoder, image_work, sniff, starts_container
 from service.sources.frames import Resampler
 from service.sources.ingest import FrameSink
 from service.sources.pipe import FramePipe, Pending
@@ -80,7 +80,10 @@ class WebSocketInput:
 
     async def on_binary(self, data: bytes, arrived_at: float) -> None:
         failed = self._video is not None and self._video.failed
-        if self.mode is None or failed:
+        # A second file sent after the first without a "start" between them: a new stream (its
+        # bytes fed to the first file's demuxer were lost without a word).
+        another_file = self.mode == "video" and not failed and starts_container(data)
+        if self.mode is None or failed or another_file:
             kind = sniff(data)
             if failed and kind is None:
                 return  # the rest of a stream that already failed (reported once)

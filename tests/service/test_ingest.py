@@ -126,3 +126,21 @@ async def test_a_frame_the_store_call_fails_on_is_told_counted_and_the_stream_go
         assert metrics.frames_dropped.labels(reason)._value.get() == 2
         if failure == "fault":  # the store still counts what it could not log (it is there)
             assert (await store.sessions.get(sink.session_id)).frames_dropped == 2
+
+
+@pytest.mark.parametrize("container", ["webm", "fmp4"])
+async def test_a_second_file_without_a_start_between_is_a_new_stream_on_the_same_grid(loaded, container):
+    """A client that sends one file after another on the socket, without ``start``: the second
+    file's bytes went to the first one's demuxer, which dropped them without a word."""
+    fps = int(loaded.frame_rate)
+    videos = [encode_video(moving_frames(fps * 2, seed=seed), fps=fps, container=container) for seed in (5, 6)]
+    async with pipeline() as (sink, store, reports):
+        source = WebSocketInput(record(), loaded, Settings(max_frame_pixels=10**7), sink, Metrics(), None)
+        for video in videos:
+            for i in range(0, len(video), 900):
+                await source.on_binary(video[i : i + 900], 0.0)
+        await source.end_stream()
+        logged = await store.streams.frames_after(sink.session_id, 0, count=100)
+        assert reports == []
+        assert len(logged) == 2 * 2 * fps
+        assert [f.frame_index for f in logged] == list(range(len(logged)))

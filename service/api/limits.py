@@ -119,7 +119,7 @@ async def _refuse(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-_REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
 
 class _HeadRefused(Exception):
@@ -221,8 +221,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn answers every parser error with a 400; one raised by _stop gets its own answer.
         if self._refusal is not None:
             self._respond(*self._refusal)
-        else:
-            super().send_400_response(msg)
+        else:  # uvicorn's own is plain text: a JSON error as every other refusal
+            self._respond(400, "bad_request", "not a valid HTTP/1.1 request (request line, a header, or the body's "
+                          "framing)")
 
     def _respond(self, status: int, code: str, message: str) -> None:
         """Write a refusal, stop reading requests, and close once the client has had time to read it."""

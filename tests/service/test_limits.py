@@ -211,6 +211,20 @@ def test_a_body_sent_a_byte_at_a_time_is_answered_408_and_a_body_cut_off_leaves_
     assert not [line for line in new if "level=error" in line or "Traceback" in line], new
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"HELLO\r\n\r\n",
+    b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+    b"POST /sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+])
+def test_a_request_that_is_not_http_gets_a_json_400_and_is_closed(served, request_bytes):
+    with served.connect() as sock:
+        sock.sendall(request_bytes)
+        head, body, closed = read_response(sock)
+    assert status(head) == 400 and error_code(body) == "bad_request" and closed, (head, body)
+
+
 def test_an_idle_keep_alive_connection_is_closed(served):
     with served.connect() as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

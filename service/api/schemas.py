@@ -117,6 +117,15 @@ class EventPolicy(BaseModel):
                                     "here as JSON (http:// or https://; its addresses are checked like a camera's; "
                                     "retried on errors). Secrets in it are never returned nor logged.")
 
+    @field_validator("exit_score")
+    @classmethod
+    def _exit_not_above_enter(cls, value: float, info: ValidationInfo) -> float:
+        # Hysteresis: a segment that ends above the score that starts one would end as it starts.
+        enter = info.data.get("enter_score")
+        if enter is not None and value > enter:
+            raise PydanticCustomError("exit_above_enter", "must be at most enter_score ({enter})", {"enter": enter})
+        return value
+
 
 class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())

@@ -112,6 +112,12 @@ def test_a_declared_frame_rate_below_one_frame_a_hundred_seconds_is_refused(limi
     assert [(e["code"], "0.01" in e["message"]) for e in errors_of(asyncio.run(run()))] == [("bad_message", True)]
 
 
+def test_an_event_policy_whose_exit_score_is_above_its_enter_score_is_refused(limited):
+    response = httpx.post(f"{limited.http}/sessions", json={"events": {"enter_score": 0.2, "exit_score": 0.9}})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
+    assert "exit_score" in response.json()["error"]["message"]
+
+
 def test_one_producer_per_session_and_watcher_limit(limited):
     session = limited.create()
 

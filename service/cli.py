@@ -146,6 +146,7 @@ def needs_fetch(settings) -> bool:
 
 def serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from service.api.app import create_app
     from service.logs import install_redaction, setup_logging
@@ -164,6 +165,10 @@ def serve(args: argparse.Namespace) -> int:
         for error in exc.errors():
             name = "MOVINET_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "settings"
             print(f"movinet-service {role}: {name}: {error['msg']}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:  # a JSON setting that is not JSON: its name, not its value
+        field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else "a setting"
+        print(f"movinet-service {role}: MOVINET_{field.upper()}: not valid JSON", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
     try:

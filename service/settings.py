@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     max_offer_body_bytes: int = Field(160 * 1024, ge=1024, description="Largest body of POST "
                                       "/sessions/{id}/webrtc: a 64 KiB SDP, JSON-escaped, and room to spare.")
     http_head_timeout_s: float = Field(10.0, gt=0, description="A connection must send a whole request head "
-                                       "(request line and headers) within this long, else 408 and close.")
+                                       "(request line and headers) within this long, and then its body within as "
+                                       "long again, else 408 and close.")
     http_keep_alive_s: int = Field(5, ge=1, description="An idle keep-alive connection is closed after this long.")
     max_connections: int | None = Field(None, ge=1, description="uvicorn's limit_concurrency: HTTP requests "
                                         "get 503 while this many connections (WebSockets included) are open. "

@@ -94,7 +94,8 @@ async def json_object(request: Request) -> dict[str, Any]:
     try:
         body = await asyncio.wait_for(request.body(), timeout)
     except TimeoutError:
-        raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout:g} s") from None
+        raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout:g} s",
+                       headers={"Connection": "close"}) from None
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", "the client went away before its body arrived") from None
     if not body.strip():

@@ -226,7 +226,7 @@ def offer_reason(exc: BaseException) -> str:
     SDP; Python's own errors from parsing it say nothing a client can use."""
     if type(exc) is ValueError and not _PYTHON_TEXT.search(str(exc)):
         return public_reason(exc)
-    return "its SDP could not be parsed"
+    return "it could not be answered"
 
 
 @sessions.post("/sessions/{session_id}/webrtc", response_model=RtcAnswer, summary="Stream a session over WebRTC",
@@ -248,6 +248,7 @@ async def offer(session_id: str, body: OfferBody, request: Request, service: Ser
         await peer.close(reason="bad_offer")
         raise
     except Exception as exc:  # aiortc refuses SDP with ValueError and friends
+        log.info(kv("webrtc_offer_refused", session_id=session_id, error=type(exc).__name__))
         await peer.close(reason="bad_offer")
         raise ApiError(422, "bad_offer", f"cannot answer this offer: {offer_reason(exc)}") from None
     log.info(kv("webrtc_answered", session_id=session_id))

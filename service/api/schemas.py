@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 MIN_IDLE_TIMEOUT_S = 1.0
@@ -117,14 +126,16 @@ class EventPolicy(BaseModel):
                                     "here as JSON (http:// or https://; its addresses are checked like a camera's; "
                                     "retried on errors). Secrets in it are never returned nor logged.")
 
-    @field_validator("exit_score")
-    @classmethod
-    def _exit_not_above_enter(cls, value: float, info: ValidationInfo) -> float:
+    @model_validator(mode="after")
+    def _exit_not_above_enter(self) -> EventPolicy:
         # Hysteresis: a segment that ends above the score that starts one would end as it starts.
-        enter = info.data.get("enter_score")
-        if enter is not None and value > enter:
-            raise PydanticCustomError("exit_above_enter", "must be at most enter_score ({enter})", {"enter": enter})
-        return value
+        # An exit_score left to its default follows a lower enter_score; one given above it is refused.
+        if self.exit_score > self.enter_score:
+            if "exit_score" in self.model_fields_set:
+                raise PydanticCustomError("exit_above_enter", "exit_score must be at most enter_score ({enter})",
+                                          {"enter": self.enter_score})
+            self.exit_score = self.enter_score
+        return self
 
 
 class SessionCreate(BaseModel):

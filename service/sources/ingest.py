@@ -86,10 +86,10 @@ class FrameSink:
                     asyncio.get_running_loop().create_task(self.on_lost())
             return
         except Exception:  # a fault of the server's own (logged): this frame is lost, the stream goes on
-            log.exception(kv("append_failed", session_id=self.session_id))
             self.metrics.frames_dropped.labels("error").inc()
             await self._count_dropped(1)
-            if self._due("internal_error"):
+            if self._due("internal_error"):  # the traceback and the client's message, not one per frame
+                log.exception(kv("append_failed", session_id=self.session_id))
                 await self.report("internal_error", "the server could not log a frame (a fault of its own, "
                                   "logged there): it is dropped and the stream goes on")
             return

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
+import time
 import weakref
 from typing import Any
 
@@ -45,8 +47,12 @@ __all__ = ["MovinetCluster"]
 # Tasks that sent ASKING to a node and have not sent it the command yet (the command follows at
 # once, in the same task: redis-py's redirection loop).
 _asking: weakref.WeakKeyDictionary[asyncio.Task, ClusterNode] = weakref.WeakKeyDictionary()
+# A write on a connection another task closed: uvloop's closed transport, or the writer already
+# let go (redis-py sets it to None as it disconnects). Raised before anything is sent.
+_WRITE_ON_CLOSED = re.compile(r"the handler is closed|'NoneType' object has no attribute '(writelines|write|drain)'")
 # Pauses between tries of a failed topology refresh (~1.5 s in all, then its error is raised).
 REFRESH_RETRY_S = (0.05, 0.1, 0.2, 0.4, 0.8)
+REFRESH_WINDOW_S = 3.0
 _plain_execute = getattr(ClusterNode.execute_command, "movinet_plain", ClusterNode.execute_command)
 
 
@@ -54,9 +60,7 @@ async def _execute(self: ClusterNode, *args: Any, asking: bool = False, **kwargs
     try:
         return await _execute_on(self, *args, asking=asking, **kwargs)
     except (RuntimeError, AttributeError) as exc:
-        # uvloop: "unable to perform operation on <TCPTransport closed=True ...>"; or the
-        # connection's reader or writer already let go ("'NoneType' object has no attribute ...").
-        if "closed" not in str(exc) and "'NoneType'" not in str(exc):
+        if not _WRITE_ON_CLOSED.search(str(exc)):  # only a write that failed: then it never left
             raise
         # Another task closed the node's connections (a topology refresh does) while this one
         # wrote: a lost connection, which redis-py retries, not a fault of the caller's.
@@ -136,10 +140,15 @@ class MovinetCluster(RedisCluster):
                 self._warmed = True
 
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        # Tried again only within REFRESH_WINDOW_S of this call (waiting for another task's refresh
+        # included): many tasks behind a dead cluster give up as one would, not six times each.
+        started = time.monotonic()
         for pause in REFRESH_RETRY_S:
             try:
                 return await super().initialize(*args, **kwargs)
             except RedisClusterException:  # no node answered in time, slots uncovered: a moment later
+                if time.monotonic() - started > REFRESH_WINDOW_S:
+                    raise
                 await asyncio.sleep(pause)
         return await super().initialize(*args, **kwargs)
 

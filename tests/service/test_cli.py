@@ -32,6 +32,12 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it_and_never_its_value(capsy
     assert sorted(line.split(":")[1].strip() for line in lines) == ["MOVINET_MAX_SESSIONS", "MOVINET_PORT"], lines
     assert all(line.startswith("movinet-service serve: MOVINET_") for line in lines)
     assert not any("s3cret" in line or "abc" in line for line in lines), lines
+    monkeypatch.delenv("MOVINET_PORT")
+    monkeypatch.delenv("MOVINET_MAX_SESSIONS")
+    monkeypatch.setenv("MOVINET_WEBRTC_ICE_SERVERS", "[{s3cret")  # a JSON setting that is not JSON
+    assert main(["serve"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["movinet-service serve: MOVINET_WEBRTC_ICE_SERVERS: not valid JSON"], lines
 
 
 def test_a_port_in_use_exits_1_with_one_line_before_anything_starts(capsys, monkeypatch):

@@ -116,6 +116,10 @@ def test_an_event_policy_whose_exit_score_is_above_its_enter_score_is_refused(li
     response = httpx.post(f"{limited.http}/sessions", json={"events": {"enter_score": 0.2, "exit_score": 0.9}})
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
     assert "exit_score" in response.json()["error"]["message"]
+    created = httpx.post(f"{limited.http}/sessions", json={"events": {"enter_score": 0.2}})  # exit left out
+    assert created.status_code == 201, created.text
+    httpx.delete(f"{limited.http}/sessions/{created.json()['session_id']}",
+                 headers={"Authorization": f"Bearer {created.json()['token']}"})
 
 
 def test_one_producer_per_session_and_watcher_limit(limited):

@@ -373,7 +373,7 @@ create_bodies = st.tuples(
 
 
 def _request(body: bytes, content_type: str) -> Request:
-    settings = SimpleNamespace(max_idle_timeout_s=3600.0)
+    settings = SimpleNamespace(max_idle_timeout_s=3600.0, http_head_timeout_s=10.0)  # what the body code reads
     scope = {"type": "http", "method": "POST", "path": "/sessions", "query_string": b"",
              "headers": [(b"content-type", content_type.encode())] if content_type else [],
              "app": SimpleNamespace(state=SimpleNamespace(settings=settings))}

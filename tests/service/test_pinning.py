@@ -44,10 +44,14 @@ class Rebinding:
 
 
 class Listener:
-    """A TCP port on 127.0.0.1 that records what each connection sends first, then closes it."""
+    """A TCP port on 127.0.0.2 that records what each connection sends first, then closes it.
+
+    Not on 127.0.0.1: a free port there may be the bus port (port + 10000) of a test cluster's
+    killed node, which its peers keep dialling (64 connections of Redis Cluster bus messages once
+    landed here as if FFmpeg had followed a redirect)."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock = socket.create_server(("127.0.0.2", 0))
         self.port = self.sock.getsockname()[1]
         self.first_bytes: list[bytes] = []
         threading.Thread(target=self._serve, daemon=True).start()
@@ -106,7 +110,7 @@ def wait_for(condition, timeout: float = 15.0) -> bool:
 
 @pytest.mark.parametrize("scheme", ["rtsp", "rtsps"])
 def test_ffmpeg_connects_to_the_checked_address_not_the_name(plumbing_weights, listener, monkeypatch, scheme):
-    resolver = Rebinding("cam.pinned.test", ["127.0.0.1"])
+    resolver = Rebinding("cam.pinned.test", ["127.0.0.2"])
     monkeypatch.setattr(urls, "lookup", resolver)
     with run_server(rtsp_allow_private_addresses=True) as server:
         response = httpx.post(server.http + "/sessions", timeout=30, json={
@@ -123,7 +127,7 @@ def test_ffmpeg_connects_to_the_checked_address_not_the_name(plumbing_weights, l
 
 
 def test_a_rebinding_camera_name_cannot_reach_loopback(plumbing_weights, listener, monkeypatch):
-    resolver = Rebinding("cam.rebind.test", [PUBLIC], ["127.0.0.1"])
+    resolver = Rebinding("cam.rebind.test", [PUBLIC], ["127.0.0.2"])
     monkeypatch.setattr(urls, "lookup", resolver)
     with run_server() as server:  # the default: public addresses only
         response = httpx.post(server.http + "/sessions", timeout=30, json={
@@ -137,7 +141,7 @@ def test_a_rebinding_camera_name_cannot_reach_loopback(plumbing_weights, listene
 
         assert wait_for(lambda: source()["last_error"] is not None)
         status = source()
-    assert "127.0.0.1 is private, loopback" in status["last_error"]
+    assert "127.0.0.2 is private, loopback" in status["last_error"]
     time.sleep(0.3)
     assert listener.first_bytes == []  # nothing ever reached the loopback port
 
@@ -167,7 +171,7 @@ class RedirectingCamera:
 
 def test_a_camera_redirect_is_not_followed(plumbing_weights, listener):
     # Private addresses allowed, so that it is the redirect itself that is refused, wherever it goes.
-    camera = RedirectingCamera(f"rtsp://admin:pw@127.0.0.1:{listener.port}/internal")
+    camera = RedirectingCamera(f"rtsp://admin:pw@127.0.0.2:{listener.port}/internal")
     try:
         with run_server(rtsp_allow_private_addresses=True) as server:
             response = httpx.post(server.http + "/sessions", timeout=30, json={
@@ -184,7 +188,7 @@ def test_a_camera_redirect_is_not_followed(plumbing_weights, listener):
     finally:
         camera.sock.close()
     assert "answered 302" in error and "redirects are not followed" in error
-    assert "pw" not in error and "***@127.0.0.1" in error  # the Location's credentials redacted
+    assert "pw" not in error and "***@127.0.0.2" in error  # the Location's credentials redacted
     time.sleep(0.3)
     assert listener.first_bytes == []  # FFmpeg never connected where the camera pointed
 

@@ -28,7 +28,8 @@ def test_the_store_follows_a_sentinel_failover(tmp_path):
             await store.streams.append("a", frame(i), keep=100)
         [lease] = await store.streams.claim("w1", 5, 60_000)
         await store.streams.commit(lease, [result(1)], (1, b"state@1"), 60_000)
-        cli(servers.primary.port, "wait", "1", "2000")  # replicated before the crash
+        # Replicated before the crash (10 s: a loaded machine acked late, and an empty replica was promoted).
+        assert cli(servers.primary.port, "wait", "1", "10000").strip() == "1"
         servers.primary.kill()
         killed, errors = time.monotonic(), 0
         while True:  # what a gateway does: its appends fail until the replica is promoted

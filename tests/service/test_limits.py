@@ -170,6 +170,27 @@ def test_a_slow_drip_does_not_extend_the_deadline(served):
     assert status(head) == 408 and closed and closed_after < HEAD_TIMEOUT_S + 4
 
 
+def _drip(sock: socket.socket, seconds: float, *, until_eof: bool) -> tuple[bytes, bool]:
+    """Send a byte every 0.2 s for at most ``seconds``: until the first answer bytes arrive, or
+    (``until_eof``) until the server closes. Returns what arrived and whether it closed."""
+    sock.settimeout(0.2)
+    got, deadline = b"", time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(b" ")
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return got, True
+        if not chunk:
+            return got, True
+        got += chunk
+        if not until_eof:
+            return got, False
+    return got, False
+
+
 def test_a_body_sent_a_byte_at_a_time_is_answered_408_and_a_body_cut_off_leaves_no_traceback(served):
     """The body has the head's deadline (a drip of body bytes held the connection forever), and a
     client that hangs up mid-body is no ASGI error in the log."""
@@ -177,30 +198,11 @@ def test_a_body_sent_a_byte_at_a_time_is_answered_408_and_a_body_cut_off_leaves_
     with served.connect() as sock:
         started = time.monotonic()
         sock.sendall(head_then)
-        sock.settimeout(0.5)
-        head = b""
-        while not head and time.monotonic() - started < HEAD_TIMEOUT_S + 5:
-            try:
-                sock.sendall(b" ")
-                head = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
+        head, _ = _drip(sock, HEAD_TIMEOUT_S + 5, until_eof=False)
         elapsed = time.monotonic() - started
         answered = time.monotonic()
-        sock.settimeout(0.2)
-        closed = False
-        while not closed and time.monotonic() - answered < HEAD_TIMEOUT_S + 1:  # it drips on: closed at once
-            try:
-                sock.sendall(b" ")
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                chunk = b""
-            head += chunk
-            closed = chunk == b""
+        rest, closed = _drip(sock, HEAD_TIMEOUT_S + 1, until_eof=True)  # it drips on: closed at once
+        head += rest
         closed_after = time.monotonic() - answered
     assert closed_after < 1.0, closed_after  # not the head deadline's second 408 of a kept-alive connection
     assert status(head) == 408 and b"request_timeout" in head and closed, head

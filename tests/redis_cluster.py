@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, ServerExited
 
 
 def tools_missing() -> str | None:
@@ -32,12 +32,29 @@ def _port_free(port: int) -> bool:
     return True
 
 
+BUS_OFFSET = 10000  # a cluster node also listens on port + 10000, its cluster bus
+
+
+def _ephemeral_start() -> int:
+    """The first port the kernel hands to outgoing connections (Linux: 32768 unless changed)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def cluster_ports(count: int) -> list[int]:
-    """Free ports whose cluster bus port (port + 10000) is free too."""
+    """Free ports whose cluster bus port (port + 10000) is free too, both below the kernel's
+    ephemeral range where it leaves room: an outgoing connection of another test can then never
+    take a node's bus port between this check and the node's bind (a CI run lost a node so, its
+    bus port 33366 being one a client had just been given), nor while a killed node is down."""
+    high = _ephemeral_start() - BUS_OFFSET - 1
+    if high < 20000 + 100 * count:
+        high = 29999
     ports: list[int] = []
     while len(ports) < count:
-        port = random.randint(20000, 29999)
-        if port not in ports and _port_free(port) and _port_free(port + 10000):
+        port = random.randint(20000, high)
+        if port not in ports and _port_free(port) and _port_free(port + BUS_OFFSET):
             ports.append(port)
     return ports
 
@@ -56,13 +73,15 @@ class ClusterNode(RedisServer):
                 "--cluster-config-file", str(self.directory / "nodes.conf"), "--cluster-node-timeout", "1000",
                 "--protected-mode", "yes"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_pong(self.port)
+        _wait_pong(self.port, self.process)
         return self
 
 
-def _wait_pong(port: int, timeout: float = 10) -> None:
+def _wait_pong(port: int, process: subprocess.Popen | None = None, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServerExited(f"redis-server exited ({process.returncode}) on port {port}: a port was taken")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
                 sock.sendall(b"PING\r\n")
@@ -88,7 +107,16 @@ class RedisClusterServers:
 
     def start(self) -> RedisClusterServers:
         for node in self.nodes:
-            node.start()
+            for attempt in range(3):
+                try:
+                    node.start()
+                    break
+                except ServerExited:
+                    if attempt == 2:
+                        raise
+                    shutil.rmtree(node.directory)  # its nodes.conf names the old port
+                    taken = {n.port for n in self.nodes}
+                    node.port = next(p for p in cluster_ports(len(taken) + 1) if p not in taken)
         out = subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
                               "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
@@ -194,7 +222,7 @@ class SentinelServers:
                             "sentinel down-after-milliseconds movinet 1000\nsentinel failover-timeout movinet 5000\n")
             self.sentinels.append(subprocess.Popen([shutil.which("redis-server"), str(conf), "--sentinel"],
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            _wait_pong(port)
+            _wait_pong(port, self.sentinels[-1])
         deadline = time.monotonic() + 30
         while not self._ready():
             if time.monotonic() > deadline:

@@ -12,6 +12,7 @@ import dataclasses
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from service.store import (
@@ -116,6 +117,20 @@ class MemorySessionStore:
             del self._producers[session_id]
 
 
+def newer(items: deque, after_seq: int) -> list:
+    """The items of ``items`` (in seq order) whose seq is above ``after_seq``, read from the end:
+    a reader is most often a frame or a result behind, and a session's log holds up to
+    ``results_cap`` results (a scan from the front cost every read and every append the whole log)."""
+    count = 0
+    for item in reversed(items):
+        if item.seq <= after_seq:
+            break
+        count += 1
+    tail = list(islice(reversed(items), count))
+    tail.reverse()
+    return tail
+
+
 @dataclass
 class _Log:
     """One session's frames and progress (what Redis keeps in the session's keys)."""
@@ -130,7 +145,7 @@ class _Log:
     last_append: tuple[int, float] | None = None  # (frame_index, received_at) of the last frame appended
 
     def pending(self) -> int:
-        return sum(1 for f in self.frames if f.seq > self.processed_seq)
+        return len(newer(self.frames, self.processed_seq))
 
     def leased(self, now: float) -> bool:
         return self.lease is not None and self.lease[2] > now
@@ -166,8 +181,7 @@ class MemoryStreamLog:
         log.last_seq += 1
         frame.seq = log.last_seq
         log.frames.append(frame)
-        floor = max(log.processed_seq, log.taken_seq)
-        pending = [f for f in log.frames if f.seq > floor]
+        pending = newer(log.frames, max(log.processed_seq, log.taken_seq))
         doomed = {f.seq for f in pending[: max(0, len(pending) - keep)]}
         if doomed:
             log.frames = deque(f for f in log.frames if f.seq not in doomed)
@@ -220,8 +234,8 @@ class MemoryStreamLog:
         log = self._logs.get(session_id)
         if log is None:
             return []
-        found = [f for f in log.frames if f.seq > after_seq and (upto_seq is None or f.seq <= upto_seq)]
-        return found[:count]
+        found = newer(log.frames, after_seq)
+        return [f for f in found[:count] if upto_seq is None or f.seq <= upto_seq]
 
     async def take_next(self, cursors: dict[str, tuple[Lease, int]], timeout: float) -> dict[str, Frame]:
         deadline = time.monotonic() + timeout
@@ -248,7 +262,7 @@ class MemoryStreamLog:
     async def commit(self, lease: Lease, results: list[Result], checkpoint: tuple[int, bytes] | None,
                      ttl_ms: int) -> int:
         log = self._live(lease)
-        fresh = [r for r in results if r.seq > log.processed_seq]
+        fresh = [r for r in results if r.seq > log.processed_seq]  # the worker's batch, a few
         record = self._sessions.update(lease.session_id)
         assert record is not None  # _live checked it
         for result in fresh:
@@ -337,8 +351,7 @@ class MemoryResultLog:
         results = self._results.get(session_id)
         if not results or results[-1].seq <= after_seq:
             return []
-        out = [r for r in results if r.seq > after_seq]
-        return out[:limit]
+        return newer(results, after_seq)[:limit]
 
     async def read_after(
         self, session_id: str, after_seq: int, limit: int = 100, timeout: float | None = None

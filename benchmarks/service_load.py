@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after-fail", action="store_true", help="stop at the first level not held")
     parser.add_argument("--profile", type=Path, help="record the spawned server with py-spy during the last "
                         "level into this file (raw format) and print where its CPU went")
+    parser.add_argument("--profile-gil", action="store_true", help="with --profile: sample only the thread "
+                        "holding the GIL (py-spy --gil), and say how much of the time the GIL was held")
     parser.add_argument("--no-wait-compiled", action="store_true",
                         help="measure at once, also while a compiled path is still being built")
     parser.add_argument("--json", type=Path, help="also write the summary here")
@@ -281,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile and process is not None and number == len(args.sessions) - 1:
                 spy = subprocess.Popen([str(spy_binary), "record", "-p", str(process.pid), "-d", str(int(args.duration)),
                                         "-r", "100", "--threads", "--nonblocking", "-f", "raw",
+                                        *(["--gil"] if args.profile_gil else []),
                                         "-o", str(args.profile)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             level = asyncio.run(run_level(url, sessions, body, frames, args.fps, args.duration, args.warmup,
                                           args.api_key, args.ramp, process.pid if process else None))
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 spy.wait(60)
                 from profile_summary import summary
 
-                print(summary(args.profile), flush=True)
+                print(summary(args.profile, gil_of=100 * int(args.duration) if args.profile_gil else None), flush=True)
             print(f"{sessions:4d} sessions: p50 {level['p50_ms'] or float('nan'):7.1f} ms  "
                   f"p99 {level['p99_ms'] or float('nan'):7.1f} ms  max {level['max_ms'] or float('nan'):7.1f} ms  "
                   f"labelled {level['labelled']}/{level['sent']}  dropped {level['dropped']}  refused {level['refused']} (admitted {level['admitted']})  "

@@ -262,7 +262,7 @@ class MemoryStreamLog:
     async def commit(self, lease: Lease, results: list[Result], checkpoint: tuple[int, bytes] | None,
                      ttl_ms: int) -> int:
         log = self._live(lease)
-        fresh = [r for r in results if r.seq > log.processed_seq]  # the worker's batch, a few
+        fresh = [r for r in results if r.seq > log.processed_seq]
         record = self._sessions.update(lease.session_id)
         assert record is not None  # _live checked it
         for result in fresh:

@@ -13,8 +13,9 @@ their streams, the paths interleaved call by call so that a busy machine slows t
   matmuls are oneDNN's fused ops, the activation or residual add applied as results are written);
 * ``graph-ops`` / ``graph-ops-bf16``: the same graph with plain ops (conv or matmul, then the
   activation: a second pass over each feature map), what ``graph`` was before the fused ops;
-* ``graph-trace`` / ``graph-trace-bf16``: the graph (plain ops) as a TorchScript trace
-  (``model.optimize.trace_frame_graph``), what the service runs: compare them with
+* ``graph-trace`` / ``graph-trace-bf16``: the graph as TorchScript traces (plain ops, and
+  oneDNN's fused ones from ``FrameGraph.fuse_from_pixels`` a call:
+  ``model.optimize.trace_frame_graph``), what the service runs: compare them with
   ``--beside-threads 2``, where Python threads of the same process want the GIL as a server's
   event loop and decoders do;
 * ``compiled`` / ``compiled-bf16``: the FrameGraph through inductor, static graphs for

@@ -8,6 +8,8 @@ channels_last_3d, whose memory is (B, T, H, W, E): frame j of the buffer is a (B
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,6 +34,40 @@ TEMPORAL_CONV = {torch.float32: False, torch.bfloat16: True}
 FUSE_FROM_PIXELS = {torch.float32: 400_000, torch.bfloat16: 8 * 64 * 64}
 
 
+def _script_call(name: str, ir: str) -> Callable[..., Tensor]:
+    """A TorchScript function built from its IR: how a ``torch.jit.trace`` records a call of
+    oneDNN's fused ops, whose ``Scalar?[]`` argument neither the tracer nor TorchScript's
+    frontend accepts (the trace keeps the call and runs it without Python, eager calls run it too)."""
+    return torch._C._create_function_from_graph(name, torch._C.parse_ir(ir))
+
+
+_CONV_POINTWISE = """
+graph(%x : Tensor, %w : Tensor, %b : Tensor, %padding : int[], %stride : int[], %dilation : int[],
+      %groups : int, %attr : str):
+  %scalars : Scalar?[] = prim::ListConstruct()
+  %algorithm : str = prim::Constant[value=""]()
+  %y : Tensor = mkldnn::_convolution_pointwise(%x, %w, %b, %padding, %stride, %dilation, %groups, %attr,
+                                               %scalars, %algorithm)
+  return (%y)
+"""
+_LINEAR_POINTWISE = """
+graph(%x : Tensor, %w : Tensor, %b : Tensor, %attr : str):
+  %scalars : Scalar?[] = prim::ListConstruct()
+  %algorithm : str = prim::Constant[value=""]()
+  %y : Tensor = mkldnn::_linear_pointwise(%x, %w, %b, %attr, %scalars, %algorithm)
+  return (%y)
+"""
+_fused_calls: dict[str, Callable[..., Tensor]] = {}
+
+
+def _fused(name: str) -> Callable[..., Tensor]:
+    """``conv`` (a conv, its activation as it writes) or ``linear``, built on first use."""
+    if name not in _fused_calls:
+        _fused_calls[name] = _script_call(f"movinet_{name}_pointwise",
+                                          _CONV_POINTWISE if name == "conv" else _LINEAR_POINTWISE)
+    return _fused_calls[name]
+
+
 def can_fuse(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
     """Whether the fused oneDNN ops (``torch.ops.mkldnn._*_pointwise``) run here: CPU builds with
     oneDNN, and for bf16 a CPU that oneDNN runs bf16 on (AVX-512 or AVX-NE-CONVERT)."""
@@ -48,20 +84,22 @@ def _pad(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
     batch, channels, height, width = x.shape
     out = torch.empty((batch, channels, height + top + bottom, width + left + right), dtype=x.dtype,
                       device=x.device, memory_format=torch.channels_last)
-    for strip in (out[:, :, :top], out[:, :, top + height:], out[:, :, :, :left], out[:, :, :, left + width:]):
-        if strip.numel():
+    for size, strip in ((top, out[:, :, :top]), (bottom, out[:, :, top + height:]),
+                        (left, out[:, :, :, :left]), (right, out[:, :, :, left + width:])):
+        if size:
             strip.zero_()
     out[:, :, top:top + height, left:left + width].copy_(x)
     return out
 
 
-def _apply(act: str, x: Tensor) -> Tensor:
+def _apply(act: str, x: Tensor, inplace: bool = False) -> Tensor:
     """The activations on full feature maps, as single ops (``hard_swish`` is ``F.hardswish``:
-    ulp-level from the TF formula, and one kernel instead of four)."""
+    ulp-level from the TF formula, and one kernel instead of four); ``inplace`` on a fresh
+    result (no second feature map allocated and written)."""
     if act == "hard_swish":
-        return F.hardswish(x)
+        return F.hardswish(x, inplace=inplace)
     if act == "swish":
-        return F.silu(x)
+        return F.silu(x, inplace=inplace)
     return x
 
 
@@ -79,15 +117,16 @@ class _Pointwise(nn.Module):
         self.register_buffer("weight", weight.to(dtype).contiguous())
         self.register_buffer("bias", bias.to(dtype))
         self.act = act
+        self.in_place = True  # activations in place; FrameGraph(for_compiler=True) turns it off
 
     def forward(self, x: Tensor, residual: Tensor | None = None, fuse: bool = False) -> Tensor:
         """``fuse``: as oneDNN's fused op, the activation or the residual add applied as it writes."""
         if fuse:
             if residual is not None and self.act == "none":
                 return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
-            y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, _ONEDNN.get(self.act, "none"), [], "")
+            y = _fused("linear")(x, self.weight, self.bias, _ONEDNN.get(self.act, "none"))
         else:
-            y = _apply(self.act, F.linear(x, self.weight, self.bias))
+            y = _apply(self.act, F.linear(x, self.weight, self.bias), self.in_place)
         return y if residual is None else residual + y
 
 
@@ -103,6 +142,7 @@ class _Spatial(nn.Module):
         self.stride = tuple(conv.stride[1:])
         self.groups = conv.groups
         self.act = act
+        self.in_place = True  # border-only padding, activations in place (off for a compiler)
         (kh, kw), (sh, sw) = conv.kernel_size[1:], self.stride
         top, bottom = tf_same_padding(in_hw[0], kh, sh)
         left, right = tf_same_padding(in_hw[1], kw, sw)
@@ -114,13 +154,13 @@ class _Spatial(nn.Module):
     def forward(self, x: Tensor, fuse: bool = False) -> Tensor:
         x = x.permute(0, 3, 1, 2)  # (B, C, H, W) channels-last view
         if self.pad is not None:
-            x = _pad(x, self.pad) if fuse else F.pad(x, self.pad)  # F.pad: what a compiler sees unfused
+            x = _pad(x, self.pad) if fuse or self.in_place else F.pad(x, self.pad)  # F.pad: what a compiler fuses
         if fuse:  # oneDNN's conv with the activation applied as it writes
-            y = torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, list(self.padding), list(self.stride),
-                                                        [1, 1], self.groups, _ONEDNN.get(self.act, "none"), [], "")
+            y = _fused("conv")(x, self.weight, self.bias, list(self.padding), list(self.stride), [1, 1], self.groups,
+                               _ONEDNN.get(self.act, "none"))
             return y.permute(0, 2, 3, 1)
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
-        return _apply(self.act, y).permute(0, 2, 3, 1)  # (B, H', W', C_out)
+        return _apply(self.act, y, self.in_place).permute(0, 2, 3, 1)  # (B, H', W', C_out)
 
 
 class _TfAvgPool(nn.Module):
@@ -167,6 +207,7 @@ class _Block(nn.Module):
                 memory_format=torch.channels_last_3d))  # (E, 1, kt, 1, 1)
         self.act = act
         self.temporal_conv = False  # set by FrameGraph: when fusing, the temporal conv as one oneDNN conv
+        self.in_place = True
         self.se_matmul = se_matmul
         self.se_act = get_activation(mode.activation)
         self.se_gate = get_activation(mode.gating_activation, mode.hard_sigmoid)
@@ -207,9 +248,9 @@ class _Block(nn.Module):
             # call; the new buffer is the window's last kt-1 frames (a view: a state bank copies it
             # into its rows anyway; fed back as it is, StreamStep.prepare_state makes it contiguous)
             window = torch.cat([buffer.to(h.dtype), h[:, None]], dim=1)  # (B, kt, H', W', E)
-            y = torch.ops.mkldnn._convolution_pointwise(
-                window.permute(0, 4, 1, 2, 3), self.temporal_kernel, self.temporal_bias, [0, 0, 0], [1, 1, 1],
-                [1, 1, 1], h.shape[-1], _ONEDNN.get(self.act, "none"), [], "")  # (B, E, 1, H', W')
+            y = _fused("conv")(window.permute(0, 4, 1, 2, 3), self.temporal_kernel, self.temporal_bias, [0, 0, 0],
+                               [1, 1, 1], [1, 1, 1], self.temporal_kernel.shape[0],
+                               _ONEDNN.get(self.act, "none"))  # (B, E, 1, H', W')
             new_state[key] = window[:, 1:].permute(0, 4, 1, 2, 3)  # (B, E, kt-1, H', W'), channels_last_3d strides
             return y[:, :, 0].permute(0, 2, 3, 1)
         # a weighted sum of the buffer's frames and this one (one pass per tap), then the activation
@@ -219,7 +260,7 @@ class _Block(nn.Module):
             t = torch.addcmul(t, buffer[:, j], weight[j])
         new_buffer = torch.cat([buffer[:, 1:], h[:, None].to(buffer.dtype)], dim=1)  # (B, kt-1, H', W', E)
         new_state[key] = new_buffer.permute(0, 4, 1, 2, 3)  # (B, E, kt-1, H', W'), channels_last_3d
-        return _apply(self.act, t)
+        return _apply(self.act, t, self.in_place)
 
     def _squeeze_excite(self, h: Tensor, state: State, new_state: State) -> Tensor:
         """Squeeze-excitation on [mean of every frame so far, this frame's mean], in float32."""
@@ -259,7 +300,7 @@ class FrameGraph(nn.Module):
     """
 
     def __init__(self, net: MoViNet, height: int, width: int, dtype: torch.dtype = torch.float32,
-                 se_matmul: bool = True, fused: bool | None = None) -> None:
+                 se_matmul: bool = True, fused: bool | None = None, for_compiler: bool = False) -> None:
         super().__init__()
         if not net.causal:
             raise ValueError("FrameGraph needs a stream (causal) model")
@@ -282,6 +323,11 @@ class FrameGraph(nn.Module):
         self.fuse_from_pixels = FUSE_FROM_PIXELS[dtype]
         for block in self.blocks:
             block.temporal_conv = TEMPORAL_CONV[dtype]
+        # in eager mode and in a trace: pads that zero the border only and activations in place;
+        # inductor gets the plain functional forms, which it fuses into its own loops
+        for module in self.modules():
+            if hasattr(module, "in_place"):
+                module.in_place = not for_compiler
 
     def forward(self, frames: Tensor, state: State) -> tuple[Tensor, State]:
         new_state: State = {}

@@ -11,9 +11,9 @@ that agrees with the model. The paths, fastest first:
   and cached on disk, so a restart loads it instead of rebuilding it;
 * ``"graph"``: :class:`FrameGraph` run eagerly: 2D channels-last convolutions, BN and ReZero
   folded, the temporal conv as a weighted sum of the stream buffer;
-* ``"graph-trace"``: the same graph as a TorchScript trace (:func:`trace_frame_graph`, plain ops:
-  oneDNN's fused ones do not trace). Alone 1.0-1.4x the eager graph at 64x64 (behind it at large
-  bf16 batches, where the fused ops pay), but its forward runs in C++ without taking Python's GIL
+* ``"graph-trace"``: the same graph as TorchScript traces (:func:`trace_frame_graph`: plain ops,
+  and oneDNN's fused ones from the same batch size as the eager graph). Alone 1.0-1.4x the eager
+  graph at 64x64, and its forward runs in C++ without taking Python's GIL
   back after every op: beside other busy Python threads (a server's event loop and decoders) it
   keeps its speed where the eager graph becomes 2.4-4.1x slower (2.3-3.2x the eager graph's
   throughput there). ``shared_gil=True`` puts it first;
@@ -58,7 +58,7 @@ from .stream_step import (
 
 __all__ = [
     "BACKENDS", "DEFAULT_BATCH_SIZES", "DTYPES", "PRECISIONS", "TOLERANCE", "FrameGraph", "PathCheck",
-    "StepFn", "StreamStep", "check_against_reference", "cpu_has_bf16", "fold_bn_into_conv",
+    "StepFn", "StreamStep", "TracedFrameGraph", "check_against_reference", "cpu_has_bf16", "fold_bn_into_conv",
     "for_streaming", "fuse_batchnorm", "inductor_cache_dir", "optimize_for_inference", "retain_freed_memory",
     "tolerance",
     "trace_frame_graph", "trace_frame_step",
@@ -106,8 +106,27 @@ def trace_frame_step(net: MoViNet, height: int, width: int) -> torch.jit.ScriptM
     return traced
 
 
-def trace_frame_graph(net: MoViNet, height: int, width: int, precision: str = "fp32") -> torch.jit.ScriptModule:
-    """:class:`FrameGraph` (plain ops) as a TorchScript trace, for any batch size at this frame size.
+class TracedFrameGraph:
+    """:class:`FrameGraph` as TorchScript traces, one per kind of call: plain ops, and where they
+    run (a CPU with oneDNN) oneDNN's fused ops, taken from ``fuse_from_pixels`` frame pixels a
+    call as the eager graph does (a trace fixes the choice it was traced with, so each is traced
+    once). ``logits, state = traced(frames, state)``, as the graph."""
+
+    def __init__(self, plain: torch.jit.ScriptModule, fused: torch.jit.ScriptModule | None,
+                 fuse_from_pixels: int, height: int, width: int) -> None:
+        self.plain, self.fused_trace = plain, fused
+        self.fused = fused is not None  # for_streaming's check turns it off where the fused ops fail
+        self.fuse_from_pixels, self.frame_pixels = fuse_from_pixels, height * width
+
+    def __call__(self, frames: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        if self.fused and frames.shape[0] * self.frame_pixels >= self.fuse_from_pixels:
+            return self.fused_trace(frames, state)
+        return self.plain(frames, state)
+
+
+def trace_frame_graph(net: MoViNet, height: int, width: int, precision: str = "fp32") -> TracedFrameGraph:
+    """:class:`FrameGraph` as TorchScript traces (:class:`TracedFrameGraph`), for any batch size at
+    this frame size.
 
     Equal to the eager graph (``tests/model/test_fast_path.py``). The reason for it is Python's
     GIL: an eager forward gives the GIL up and takes it back at each of its few hundred ops, and
@@ -118,17 +137,29 @@ def trace_frame_graph(net: MoViNet, height: int, width: int, precision: str = "f
     gives a program that runs op by op in Python again (or through AOTInductor, a C++ build of
     minutes per model and size); the trace is built in a second from the same graph.
     """
-    graph = FrameGraph(net, height, width, DTYPES[precision], fused=False).eval()
+    graph = FrameGraph(net, height, width, DTYPES[precision]).eval()
     step = StreamStep(net, height, width, precision, "graph", graph, [])
     device = next(net.parameters()).device
+    threshold = graph.fuse_from_pixels
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=DeprecationWarning)
         state = step.init_state(2)
         _, state = graph(torch.zeros(2, 3, 1, height, width, device=device), state)  # non-zero frame counts
         state = step.prepare_state(state)
-        return torch.jit.trace(graph, (torch.rand(2, 3, 1, height, width, device=device), state),
-                               strict=False, check_trace=False)
+        frames = torch.rand(2, 3, 1, height, width, device=device)
+
+        def trace(fuse_from_pixels: int) -> torch.jit.ScriptModule:
+            graph.fuse_from_pixels = fuse_from_pixels  # the trace keeps the choice of this call
+            return torch.jit.trace(graph, (frames, state), strict=False, check_trace=False)
+
+        plain, fused = trace(1 << 62), None
+        if graph.fused:
+            try:
+                fused = trace(0)
+            except Exception as exc:  # a torch whose tracer refuses the fused calls: plain ops at every batch
+                log.warning("the fused ops of %s do not trace here (%r); its trace runs plain ops", net.name, exc)
+    return TracedFrameGraph(plain, fused, threshold, height, width)
 
 
 def _eager_paths(net: MoViNet, height: int, width: int, precision: str,
@@ -143,7 +174,8 @@ def _eager_paths(net: MoViNet, height: int, width: int, precision: str,
     return paths
 
 
-def _check_fused(graph: FrameGraph, step: StreamStep, net: MoViNet, height: int, width: int) -> float:
+def _check_fused(graph: FrameGraph | TracedFrameGraph, step: StreamStep, net: MoViNet, height: int,
+                 width: int) -> float:
     """The check once more with oneDNN's fused ops at the check's small batch (they run from
     ``fuse_from_pixels`` only); a CPU that refuses them (bf16 without AVX-512) gets the plain ops."""
     threshold, graph.fuse_from_pixels = graph.fuse_from_pixels, 0
@@ -209,7 +241,7 @@ def for_streaming(net: MoViNet, device: str | torch.device = "cpu", precision: s
                 continue
             step = StreamStep(net, height, width, chosen, name, fn, checks)
             diff, scale = check_against_reference(step, net, height, width)
-            if isinstance(fn, FrameGraph) and fn.fused:
+            if isinstance(fn, (FrameGraph, TracedFrameGraph)) and fn.fused:
                 diff = max(diff, _check_fused(fn, step, net, height, width))
             allowed = tolerance(chosen, scale)
             checks.append(PathCheck(name, chosen, diff, allowed, round(time.perf_counter() - started, 1)))

@@ -272,7 +272,7 @@ def compile_graphs(net: MoViNet, height: int, width: int, precision: str, sizes:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
     # one cache entry per (model, size, batch): raise dynamo's per-function limit (8 by default)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    graph = FrameGraph(net, height, width, DTYPES[precision], se_matmul=False, fused=False).eval()
+    graph = FrameGraph(net, height, width, DTYPES[precision], se_matmul=False, fused=False, for_compiler=True).eval()
     compiled = torch.compile(graph, fullgraph=True, dynamic=False)
     graphs: dict[int, StepFn] = {}
     checks = []

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import model
-from model.optimize import TOLERANCE, FrameGraph, StreamStep, for_streaming, tolerance
+from model.frame_graph import can_fuse
+from model.optimize import TOLERANCE, FrameGraph, StreamStep, TracedFrameGraph, for_streaming, tolerance
 from tests.model.helpers import randomized
 from tests.needs import require
 
@@ -220,14 +221,42 @@ def test_step_accepts_model_states_and_leaves_them_alone(net):
 
 
 def test_a_server_gets_the_traced_graph_for_any_batch(net):
-    """shared_gil (the service's choice) puts graph-trace first; traced at batch 2, it runs every
-    batch size, sessions at different positions, equal to the model, in fp32 and within bf16's bound."""
+    """shared_gil (the service's choice) puts graph-trace first: two traces, plain ops and (from
+    fuse_from_pixels a call) oneDNN's fused ones; traced at batch 2, they run every batch size,
+    sessions at different positions, equal to the model, in fp32 and within bf16's bound."""
     step = for_streaming(net, precision="fp32", height=32, width=32, compile="off", shared_gil=True)
-    assert step.backend == "graph-trace" and isinstance(step._run, torch.jit.ScriptModule)
+    traced = step._run
+    assert step.backend == "graph-trace" and isinstance(traced, TracedFrameGraph)
+    assert isinstance(traced.plain, torch.jit.ScriptModule) and isinstance(traced.fused_trace, torch.jit.ScriptModule)
+    assert traced.fused == can_fuse(torch.device("cpu"))
+    traced.fuse_from_pixels = 5 * 32 * 32  # the fused trace from 5 sessions on
     for batch in (1, 5, 17):
-        assert max_logit_difference(step, net, batch, 32, 32) <= 1e-4
+        with torch.profiler.profile() as profile:
+            assert max_logit_difference(step, net, batch, 32, 32) <= 1e-4
+        ops = {event.key for event in profile.key_averages()}
+        assert ("mkldnn::_convolution_pointwise" in ops) == (batch >= 5 and traced.fused)
+        assert ("mkldnn::_linear_pointwise" in ops) == (batch >= 5 and traced.fused)
     bf16 = for_streaming(net, precision="bf16", height=32, width=32, compile="off", shared_gil=True)
     assert bf16.backend == "graph-trace" and bf16.checks[-1].passed
+
+
+def test_a_trace_of_the_fused_ops_that_fails_leaves_the_plain_trace(net, monkeypatch, caplog):
+    """A torch whose tracer refuses the fused calls: the plain ops' trace serves every batch."""
+    import model.optimize as optimize
+
+    real_trace = torch.jit.trace
+
+    def refuses_fused(graph, inputs, **kwargs):
+        if graph.fuse_from_pixels == 0:
+            raise RuntimeError("unsupported input list type")
+        return real_trace(graph, inputs, **kwargs)
+
+    monkeypatch.setattr(optimize.torch.jit, "trace", refuses_fused)
+    with caplog.at_level(logging.WARNING, logger="model.optimize"):
+        step = for_streaming(net, precision="fp32", height=32, width=32, compile="off", shared_gil=True)
+    assert step.backend == "graph-trace" and not step._run.fused and "do not trace here" in caplog.text
+    step._run.fuse_from_pixels = 0
+    assert max_logit_difference(step, net, 3, 32, 32) <= 1e-4
 
 
 def test_a_path_that_cannot_be_built_gives_way_with_a_warning(net, monkeypatch, caplog):

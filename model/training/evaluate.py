@@ -175,13 +175,14 @@ def evaluate_codec(net: MoViNet, num_clips: int, seed: int, codec: str) -> dict:
 
 
 @torch.no_grad()
-def evaluate_long(net: MoViNet, minutes: float, seed: int, window: int | None = None) -> dict:
-    """A continuous video with a change every 3-8 s, through the windowed stream policy."""
+def evaluate_long(net: MoViNet, minutes: float, seed: int, window: int | None = None, stream=None) -> dict:
+    """A continuous video with a change every 3-8 s, through the windowed stream policy (or
+    ``stream``: another policy with :class:`WindowedStream`'s ``window``, ``new_slot`` and ``step``)."""
     info = net.info
     config = MotionConfig(size=info.input_size, fps=info.frame_rate, split="heldout")
     segments = random_segments(seed, minutes * 60.0, seconds=(3.0, 8.0), config=config)
     bounds = segment_frames(segments, info.frame_rate)
-    stream = WindowedStream(net, window=window)
+    stream = stream or WindowedStream(net, window=window)
     slot = stream.new_slot()
     predicted, truth = [], []
     total = bounds[-1][1]

@@ -260,16 +260,21 @@ class InferenceLoop:
         self._gauges()
         self.ticks += 1
 
-    async def _renew(self) -> None:
-        """Renew the held sessions' leases, and those claimed but not adopted yet: after a crash a
-        worker claims the dead one's sessions at once and adopts them one by one (each a replay);
+    async def _renew(self, adopting: Lease | None = None) -> bool:
+        """Renew the held sessions' leases, those claimed but not adopted yet, and ``adopting``
+        (the one being adopted; whether it is still ours is the answer): after a crash a worker
+        claims the dead one's sessions at once and adopts them one by one (each a replay);
         unrenewed, the last ones' leases ran out before their turn, another worker claimed them,
-        and so on — sessions bounced between workers for a minute while their frames were dropped."""
+        and so on — sessions bounced between workers for a minute while their frames were dropped.
+        The held ones are renewed during each replay too: on a slow machine one replay outlived
+        the leases of the sessions adopted before it."""
         held = list(self._held.values())
-        alive = await self.store.streams.renew([h.lease for h in held] + self._claimed, self.lease_ttl_ms)
-        for one, ok in zip(held, alive, strict=False):
+        first = [adopting] if adopting is not None else []
+        alive = await self.store.streams.renew(first + [h.lease for h in held] + self._claimed, self.lease_ttl_ms)
+        for one, ok in zip(held, alive[len(first):], strict=False):
             if not ok:
                 self._lost(one, "stale")
+        return bool(alive[0]) if first else True
 
     def _lost(self, held: Held, reason: str) -> None:
         if self._held.get(held.session_id) is held:
@@ -313,7 +318,7 @@ class InferenceLoop:
         if opened is None:
             return  # deleted meanwhile (the lease expires by itself), or cannot be served
         state, webhook_url = opened
-        if not (await self.store.streams.renew([lease, *self._claimed], self.lease_ttl_ms))[0]:
+        if not await self._renew(lease):
             log.info(kv("lease_lost", worker=self.worker_id, session_id=lease.session_id, reason="stale",
                         during="open"))
             return  # its model took longer to load than the lease lived
@@ -338,7 +343,7 @@ class InferenceLoop:
                     log.error(kv("replay_failed", session_id=lease.session_id, error=repr(exc)))
                     await self._in_thread(self.runner.restart, state)
                     break
-                if not (await self.store.streams.renew([lease, *self._claimed], self.lease_ttl_ms))[0]:
+                if not await self._renew(lease):
                     self.runner.release(state)
                     self.metrics.leases_lost.labels("stale").inc()
                     log.info(kv("lease_lost", worker=self.worker_id, session_id=lease.session_id, reason="stale",

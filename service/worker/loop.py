@@ -8,17 +8,23 @@ The same loop runs in the embedded default (in-memory store, inside the server p
    last checkpoint: the worker restores the state from the checkpoint and *replays* the logged
    frames up to the progress without emitting their results (they were committed before), so it
    continues exactly where the previous holder stopped.
-2. **Batch.** Each tick reads at most ONE new frame per held session (a session's frames are a
-   time series: two of them never share a batch), groups the sessions by model and window, and
-   runs one forward per group in the inference thread (:class:`~service.worker.runner.Runner`,
-   which with its state bank is the only part that runs torch). A forward that fails is retried session by session, so that
-   one bad session costs only itself.
+2. **Batch.** Each tick reads at most ONE new frame per held session, the first after the last
+   one fed (a session's frames are a time series: two of them never share a batch), groups the
+   sessions by model and window, and runs one forward per group in the inference thread
+   (:class:`~service.worker.runner.Runner`, which with its state bank is the only part that runs
+   torch). A forward that fails is retried session by session, so that one bad session costs
+   only itself.
 3. **Commit.** Per session, one atomic commit: the result, the progress, every
    ``checkpoint_every`` frames the state (and the frame log is trimmed up to it), and the lease's
    renewal; it answers the session's backlog, which is how the backlog gauge is kept. A commit
    with a stale fencing token is refused: the session was taken over, and this worker forgets it.
    Any other store error abandons every held session (its memory may be ahead of what is
    committed); their leases expire and they are resumed from their checkpoints.
+   A tick's commits run beside the next tick's take and forward (the inference thread does not
+   wait for the store), and are awaited before that tick's own: a session's commits stay in
+   order, and a store error of one tick fails the next. A checkpoint is encoded right after its
+   forward, before the next one moves the state on; the next tick takes each session's frames
+   after the last one *fed*, not the last one committed.
 4. **Release.** A session idle for ``release_idle_s``, and every session on drain (SIGTERM), is
    checkpointed and released.
 """
@@ -26,6 +32,7 @@ The same loop runs in the embedded default (in-memory store, inside the server p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -69,6 +76,7 @@ class InferenceLoop:
         # loading must not hold leases it cannot serve (they would run out, and be taken again).
         self.can_claim: Callable[[], bool] = lambda: True
         self._held: dict[str, Held] = {}
+        self._commits: asyncio.Task | None = None  # the last tick's commits, running beside this tick
         self._claimed: list[Lease] = []  # claimed in this tick, not adopted yet (renewed with the held ones)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
@@ -112,6 +120,8 @@ class InferenceLoop:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        with contextlib.suppress(Exception):  # committed or not, the store decides what counts
+            await asyncio.wait_for(self._flush_commits(), 5.0)
         self._executor.shutdown(wait=True)
 
     async def drain(self, timeout: float) -> int:
@@ -127,6 +137,10 @@ class InferenceLoop:
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)  # its forward finishes first
+        try:  # the last tick's commits, so that each session is released with its state
+            await self._flush_commits()
+        except Exception as exc:
+            log.warning(kv("drain_commits_failed", error=repr(exc)))
         released = 0
         try:
             async with asyncio.timeout(timeout):
@@ -193,6 +207,8 @@ class InferenceLoop:
 
     async def _store_failed(self, exc: Exception) -> None:
         """A tick failed (the store is away, most likely): abandon the held sessions, back off."""
+        with contextlib.suppress(Exception):  # commits still under way end first (their error is this one's)
+            await self._flush_commits()
         self.metrics.store_errors.labels("worker").inc()
         if self._held:
             self.metrics.leases_lost.labels("store_error").inc(len(self._held))
@@ -228,15 +244,18 @@ class InferenceLoop:
             self._next_renew = now + self.lease_ttl_ms / 4000.0
             await self._renew()
         if not self._held:
+            await self._flush_commits()
             await streams.wait_work(self.claim_interval_s)
             return
-        cursors = {sid: (held.lease, held.cursor) for sid, held in self._held.items()}
+        cursors = {sid: (held.lease, held.fed) for sid, held in self._held.items()}
         frames = await streams.take_next(cursors, timeout=self.claim_interval_s)
         if frames and self.batch_wait_s:
             await asyncio.sleep(self.batch_wait_s)
             missing = {sid: c for sid, c in cursors.items() if sid not in frames}
             if missing:
                 frames.update(await streams.take_next(missing, timeout=0))
+        if not frames:  # nothing to overlap with: the last commits end (or fail) in this tick
+            await self._flush_commits()
         await self._release_idle(set(frames))
         if not frames:
             return
@@ -256,9 +275,22 @@ class InferenceLoop:
             await self._infer([step for _, step in group])
             for held, step in group:
                 held.fed = step.frame.seq
-        await asyncio.gather(*(self._commit(held, step) for group in groups.values() for held, step in group))
-        self._gauges()
+        commits = await self._prepare([item for group in groups.values() for item in group])
+        await self._flush_commits()  # the last tick's, before these: each session's in order
+        self._commits = asyncio.create_task(self._commit_all(commits), name="worker-commits")
         self.ticks += 1
+
+    async def _flush_commits(self) -> None:
+        """Wait for the last tick's commits, and raise their store error (a stale lease is not
+        one: that session is forgotten). A cancelled wait leaves them running."""
+        task = self._commits
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done() and self._commits is task:
+                self._commits = None
 
     async def _renew(self, adopting: Lease | None = None) -> bool:
         """Renew the held sessions' leases, those claimed but not adopted yet, and ``adopting``
@@ -287,8 +319,8 @@ class InferenceLoop:
         for held in list(self._held.values()):
             if held.session_id in fed:
                 held.last_frame_at = now
-            elif now - held.last_frame_at > self.release_idle_s:
-                await self._release(held, reason="idle")
+            elif now - held.last_frame_at > self.release_idle_s and held.fed == held.cursor:
+                await self._release(held, reason="idle")  # (not while its last commit is under way)
 
     async def _release(self, held: Held, reason: str) -> bool:
         # A state ahead of what is committed (a tick cut short) is not saved: the next owner
@@ -416,21 +448,43 @@ class InferenceLoop:
         return bool(self.checkpoint_interval_s and held.since_checkpoint
                     and time.monotonic() - held.checkpointed_at >= self.checkpoint_interval_s)
 
-    async def _commit(self, held: Held, step: Step) -> None:
+    async def _prepare(self, batch: list[tuple[Held, Step]]) -> list[tuple[Held, Step, tuple[int, bytes] | None]]:
+        """Count each fed frame towards its session's next checkpoint, and encode the checkpoints
+        that are due now, in one call to the inference thread: before the next forward moves the
+        states on. What :meth:`_commit_all` then writes."""
+        kept, due = [], []
+        for held, step in batch:
+            if self._held.get(held.session_id) is not held:
+                continue  # forgotten (deleted, lease lost) while the forward ran
+            held.since_checkpoint += 1
+            held.log_bytes += len(step.frame.data)
+            kept.append((held, step))
+            if step.error is None and self._checkpoint_due(held):
+                due.append(held)
+        encoded = await self._in_thread(lambda: [self.runner.encode(held.state) for held in due]) if due else []
+        checkpoints = {}
+        for held, data in zip(due, encoded, strict=True):
+            if data is not None:
+                checkpoints[held.session_id] = data
+                held.since_checkpoint = held.log_bytes = 0
+                held.checkpointed_at = time.monotonic()
+        return [(held, step, (step.frame.seq, checkpoints[held.session_id]) if held.session_id in checkpoints
+                 else None) for held, step in kept]
+
+    async def _commit_all(self, commits: list[tuple[Held, Step, tuple[int, bytes] | None]]) -> None:
+        try:
+            await asyncio.gather(*(self._commit(held, step, checkpoint) for held, step, checkpoint in commits))
+        finally:
+            self._gauges()
+
+    async def _commit(self, held: Held, step: Step, checkpoint: tuple[int, bytes] | None) -> None:
         frame = step.frame
         if self._held.get(held.session_id) is not held:
-            return  # forgotten (deleted, lease lost) while the forward ran
-        held.since_checkpoint += 1
-        held.log_bytes += len(frame.data)
+            return  # forgotten (deleted, lease lost) since its forward
         now = time.time()
         lag = max(0.0, now - frame.received_at)
         result = Result(seq=frame.seq, pts=frame.pts, frame_index=frame.frame_index, labels=step.labels,
                         lag_ms=lag * 1000.0, dropped=0, produced_at=now, error=step.error, events=step.events)
-        checkpoint = None
-        if step.error is None and self._checkpoint_due(held):
-            data = await self._in_thread(self.runner.encode, held.state)
-            if data is not None:
-                checkpoint = (frame.seq, data)
         try:
             held.backlog = await self.store.streams.commit(held.lease, [result], checkpoint, self.lease_ttl_ms)
         except StaleLease:
@@ -438,8 +492,6 @@ class InferenceLoop:
             return
         held.cursor = frame.seq
         if checkpoint is not None:
-            held.since_checkpoint = held.log_bytes = 0
-            held.checkpointed_at = time.monotonic()
             self.metrics.checkpoints.inc()
             self.metrics.checkpoint_bytes.observe(len(checkpoint[1]))
         self.metrics.frames_processed.labels(held.state.model.name).inc()

@@ -66,8 +66,10 @@ async def labels(store: Store, session_id: str) -> list[list[tuple[int, float]]]
 
 
 async def calm_and_crashed(store: Store, registry: ModelRegistry) -> tuple[list, list, InferenceLoop]:
-    """Labels of an uninterrupted run ("calm") and of one whose worker dies after 7 frames ("a"):
-    checkpoints every 4 frames, so the second worker restores seq 4 and replays 5..7."""
+    """Labels of an uninterrupted run ("calm") and of one whose worker dies after 6 frames ("a"),
+    its seventh frame's commit still under way (it runs beside the next forward, and ends as the
+    worker dies): checkpoints every 4 frames, so the second worker restores seq 4 and replays
+    5..6 or 5..7."""
     def settings() -> Settings:
         return Settings(model=TEST_MODEL, allow_random_weights=True, checkpoint_every=4, release_idle_s=60,
                         lease_ttl_ms=300)
@@ -78,7 +80,7 @@ async def calm_and_crashed(store: Store, registry: ModelRegistry) -> tuple[list,
     await calm.stop()
     await add_session(store, registry, "a")
     first = InferenceLoop(settings(), store, registry, Metrics())
-    await run_until(first, store, "a", 7)
+    await run_until(first, store, "a", 6)
     await asyncio.sleep(0.4)  # `first` dies without a word: its lease runs out
     second = InferenceLoop(settings(), store, registry, Metrics())
     await run_until(second, store, "a", FRAMES)

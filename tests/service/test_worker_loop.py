@@ -7,7 +7,9 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
+from model.state import state_and_metadata_from_bytes
 from service.metrics import Metrics
 from service.options import EventOptions, SessionOptions, WindowOptions
 from service.registry import ModelRegistry
@@ -93,6 +95,64 @@ async def test_sessions_at_different_positions_share_one_forward(registry):
         assert await labels(alone, session_id) == await labels(store, session_id)
     assert (await store.streams.checkpoint("a"))[0] == 8  # every 4 frames
     await loop.stop()
+
+
+async def test_a_ticks_commits_run_beside_the_next_forward_and_stay_exact(registry):
+    """The inference thread does not wait for the store: with commits of 40 ms, the next tick's
+    forward runs while the last tick's commits are under way, and still every result lands once
+    and in order, with the labels and the checkpoints of a worker whose commits take no time."""
+    store, events = memory_store(), []
+    instant = store.streams.commit
+
+    async def slow_commit(lease, results, checkpoint, ttl_ms):
+        events.append("commit")
+        try:
+            await asyncio.sleep(0.04)
+            return await instant(lease, results, checkpoint, ttl_ms)
+        finally:
+            events.append("committed")
+
+    store.streams.commit = slow_commit
+    loop = InferenceLoop(settings(), store, registry, Metrics())
+    forward = loop.runner.forward
+
+    def watched_forward(steps):
+        events.append("forward")
+        return forward(steps)
+
+    loop.runner.forward = watched_forward
+    reference = memory_store()
+    calm = InferenceLoop(settings(), reference, registry, Metrics())
+    for target in (store, reference):
+        await add_session(target, registry, "a", 10, seed=7)
+        await add_session(target, registry, "b", 7, seed=8)
+
+    def finished(target):
+        async def done():
+            return [(await target.sessions.get(s)).frames_processed for s in "ab"] == [10, 7]
+        return done
+
+    await run_until(loop, finished(store))
+    await run_until(calm, finished(reference))
+    under_way, beside = 0, 0
+    for event in events:
+        under_way += {"commit": 1, "committed": -1}.get(event, 0)
+        beside += event == "forward" and under_way > 0
+    assert beside >= 5, events  # most forwards ran beside commits
+    for session_id in "ab":
+        results = await store.results.read_after(session_id, 0, limit=100)
+        assert [r.seq for r in results] == list(range(1, 11 if session_id == "a" else 8))
+        assert await labels(store, session_id) == await labels(reference, session_id)
+        (seq, data), (calm_seq, calm_data) = (await store.streams.checkpoint(session_id),
+                                              await reference.streams.checkpoint(session_id))
+        assert seq == calm_seq == (8 if session_id == "a" else 4)
+        tensors, meta = state_and_metadata_from_bytes(data)
+        calm_tensors, calm_meta = state_and_metadata_from_bytes(calm_data)
+        assert meta == calm_meta  # frames seen, counts, smoothing: the state at `seq`, not after it
+        assert tensors.keys() == calm_tensors.keys()
+        assert all(torch.allclose(tensors[k], calm_tensors[k], atol=1e-6) for k in tensors)
+    await loop.stop()
+    await calm.stop()
 
 
 async def test_a_second_worker_resumes_from_the_checkpoint_with_the_same_labels(registry):

@@ -111,7 +111,6 @@ class InferenceLoop:
 
     async def stop(self) -> None:
         self._stopping = True
-        await self.webhooks.stop()
         if self._heart is not None:
             self._heart.cancel()
         if self._task is not None:
@@ -120,8 +119,8 @@ class InferenceLoop:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        with contextlib.suppress(Exception):  # committed or not, the store decides what counts
-            await asyncio.wait_for(self._flush_commits(), 5.0)
+        await self._end_commits(5.0)  # before the webhooks stop: a commit may still send events
+        await self.webhooks.stop()
         self._executor.shutdown(wait=True)
 
     async def drain(self, timeout: float) -> int:
@@ -136,11 +135,12 @@ class InferenceLoop:
                 await asyncio.wait_for(asyncio.shield(self._task), min(timeout / 2, 5.0))
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)  # its forward finishes first
-        try:  # the last tick's commits, so that each session is released with its state
-            await self._flush_commits()
-        except Exception as exc:
-            log.warning(kv("drain_commits_failed", error=repr(exc)))
+                # The task ends at once; a forward under way goes on in the inference thread, and
+                # its sessions (fed ahead of committed) are released without their state.
+                await asyncio.gather(self._task, return_exceptions=True)
+        # The last tick's commits, so that each session is released with its state; those that do
+        # not end in time are cancelled, and their sessions released without (the next owner replays).
+        await self._end_commits(min(timeout / 2, 5.0))
         released = 0
         try:
             async with asyncio.timeout(timeout):
@@ -207,7 +207,7 @@ class InferenceLoop:
 
     async def _store_failed(self, exc: Exception) -> None:
         """A tick failed (the store is away, most likely): abandon the held sessions, back off."""
-        with contextlib.suppress(Exception):  # commits still under way end first (their error is this one's)
+        with contextlib.suppress(Exception):  # the last tick's commits end first (or have failed: this error)
             await self._flush_commits()
         self.metrics.store_errors.labels("worker").inc()
         if self._held:
@@ -272,13 +272,32 @@ class InferenceLoop:
         for held, frame in batch:
             groups.setdefault(held.state.group, []).append((held, Step(held.state, frame)))
         for group in groups.values():
-            await self._infer([step for _, step in group])
-            for held, step in group:
+            # Not a session forgotten meanwhile (a commit of the last tick found its lease stale
+            # while an earlier group's forward ran): its rows are on their way back to the bank.
+            group[:] = [(held, step) for held, step in group if self._holds(step.session)]
+            for held, step in group:  # before the forward: cut short (a drain), it is ahead
                 held.fed = step.frame.seq
+            if group:
+                await self._infer([step for _, step in group])
         commits = await self._prepare([item for group in groups.values() for item in group])
         await self._flush_commits()  # the last tick's, before these: each session's in order
         self._commits = asyncio.create_task(self._commit_all(commits), name="worker-commits")
         self.ticks += 1
+
+    def _holds(self, session: SessionState) -> bool:
+        held = self._held.get(session.session_id)
+        return held is not None and held.state is session
+
+    async def _end_commits(self, timeout: float) -> None:
+        """Wait at most ``timeout`` for the last tick's commits (stop, drain); then cancel them."""
+        try:
+            await asyncio.wait_for(self._flush_commits(), timeout)
+        except Exception as exc:  # committed or not, the store decides what counts
+            log.warning(kv("worker_commits_unfinished", worker=self.worker_id, error=repr(exc)))
+        task, self._commits = self._commits, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _flush_commits(self) -> None:
         """Wait for the last tick's commits, and raise their store error (a stale lease is not
@@ -424,6 +443,8 @@ class InferenceLoop:
             log.warning(kv("batch_failed", model=loaded.key, batch=len(steps), error=repr(exc)))
             # Isolate the culprit: every session alone; one that fails again gets an error result.
             for step in steps:
+                if not self._holds(step.session):
+                    continue  # forgotten meanwhile (see tick)
                 try:
                     await self._in_thread(self.runner.forward, [step])
                 except Exception as single_exc:

@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ramp", type=float, default=0.0, help="the clients of a level arrive one by one over "
                         "this many seconds (default 0: all at once); each then streams --warmup + --duration")
     parser.add_argument("--target-p99-ms", type=float, default=300.0)
+    parser.add_argument("--window-policy", choices=("windowed", "tumbling", "unbounded"), default=None,
+                        help="the sessions' window policy (default: the server's, windowed)")
     parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument("--api-key", default=None)
@@ -275,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         body: dict = {"model": args.model}
         if args.weights:
             body["weights"] = args.weights
+        if args.window_policy:
+            body["window"] = {"policy": args.window_policy}
         levels, held = [], 0
         print(f"server {url}, {len(frames)} distinct frames, {args.fps:g} fps per client, "
               f"{args.duration:g} s per level, target p99 < {args.target_p99_ms:g} ms", flush=True)

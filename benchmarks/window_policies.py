@@ -12,9 +12,9 @@ need one, which would double the sessions one inference thread carries:
   the model's state the stream keeps what each of the last ``window - 1`` frames added to each
   pool; before a frame a pool's sum is set to theirs and its count to how many there are, so the
   model's own step gives the mean over them and the frame.
-* ``tumbling``: one stream reset every ``window`` frames; while it has seen fewer than half a
-  window, the label is the last one of the window before (held), as the windowed policy's older
-  row would have given it then but without the frames since.
+* ``tumbling`` (:class:`model.streaming.TumblingStream`, the service's ``tumbling`` policy): one
+  stream reset every ``window`` frames; while it has seen fewer than half a window, the label is
+  the last one of the window before (held).
 
 Each runs the bundled motion model over the same 10-minute video (a change of motion every
 3-8 s, ``model.training.evaluate.evaluate_long``, the seed ``python -m model.evaluate`` uses) and
@@ -39,7 +39,7 @@ from torch import Tensor  # noqa: E402
 import model  # noqa: E402
 from model.movinet import MoViNet, State  # noqa: E402
 from model.state import split_states, stack_states  # noqa: E402
-from model.streaming import Slot, WindowedStream  # noqa: E402
+from model.streaming import Slot, TumblingStream, WindowedStream  # noqa: E402
 from model.training.evaluate import evaluate_long  # noqa: E402
 
 SLIDING = "sliding/"
@@ -95,34 +95,6 @@ class SlidingStream(_OneRow):
             slot.states[0] = row
             slot.frames_seen += 1
         return logits
-
-
-class TumblingStream(_OneRow):
-    """One row per session, reset every ``window`` frames; the label of the window before is held
-    while the new one has seen fewer than half a window."""
-
-    def __init__(self, net: MoViNet, window: int, forward: Callable | None = None) -> None:
-        super().__init__(net, window, forward)
-        self._held: dict[int, Tensor] = {}
-
-    @torch.no_grad()
-    def step(self, slots: list[Slot], frames: Tensor) -> Tensor:
-        frames = self._frames(slots, frames)
-        for slot in slots:
-            if slot.states[0] is None or slot.counts[0] >= self.window:
-                slot.states[0] = self.net.init_state(1, *frames.shape[-2:])
-                slot.counts[0] = 0
-        logits, new = self.forward(frames, stack_states([slot.states[0] for slot in slots]))
-        answers = []
-        for index, (slot, row) in enumerate(zip(slots, split_states(new), strict=True)):
-            slot.states[0] = row
-            slot.counts[0] += 1
-            slot.frames_seen += 1
-            young = slot.counts[0] < self.window // 2 and slot.frames_seen > slot.counts[0]
-            answers.append(self._held[id(slot)] if young else logits[index])
-            if slot.counts[0] == self.window:
-                self._held[id(slot)] = logits[index]
-        return torch.stack(answers)
 
 
 POLICIES = {"windowed": (WindowedStream, 2), "sliding": (SlidingStream, 1), "tumbling": (TumblingStream, 1)}

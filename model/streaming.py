@@ -13,6 +13,12 @@ So a label depends on at most the last ``window`` frames, and follows a change o
 about ``window / 2`` to ``window`` frames, at twice the compute of a plain stream. Many sessions
 (:class:`Slot`) share one forward: :meth:`WindowedStream.step` stacks every active row of every
 slot into one batch.
+
+A :class:`TumblingStream` runs one row per session, at half that compute: the row is reset every
+``window`` frames, and while it has seen fewer than half a window (after the session's first
+window) the answer is the last one of the window before, held. A label then depends on at
+most ``window`` frames too, but follows a change of action up to half a window later
+(``benchmarks/window_policies.py`` measures both on the evaluation's continuous video).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class Slot:
     frames_seen: int = 0
     states: list[State | None] = field(default_factory=lambda: [None, None])
     counts: list[int] = field(default_factory=lambda: [0, 0])
+    held: Tensor | None = None  # a tumbling stream's answer of its last whole window (``[classes]``)
 
     def active_rows(self) -> list[int]:
         """Rows that take the next frame (row 1 joins after half a window)."""
@@ -54,6 +61,9 @@ class Slot:
                 tensors[f"row{row}/{key}"] = value
         meta = {"window": self.window, "frames_seen": self.frames_seen, "counts": list(self.counts),
                 "rows": [state is not None for state in self.states]}
+        if self.held is not None:
+            tensors["held"] = self.held
+            meta["held"] = True
         return tensors, meta
 
     @classmethod
@@ -63,7 +73,9 @@ class Slot:
         for row, present in enumerate(info["rows"]):
             prefix = f"row{row}/"
             states.append({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)} if present else None)
-        return cls(window=info["window"], frames_seen=info["frames_seen"], states=states, counts=list(info["counts"]))
+        held = tensors["held"] if info.get("held") else None
+        return cls(window=info["window"], frames_seen=info["frames_seen"], states=states, counts=list(info["counts"]),
+                   held=held)
 
     def to_bytes(self, half: bool = False) -> bytes:
         """Serialise the slot (states + counters) with the versioned state format."""
@@ -129,3 +141,37 @@ class WindowedStream:
             best = max((i for i, (s, _) in enumerate(rows) if s == index), key=lambda i: slots[index].counts[rows[i][1]])
             answers.append(best)
         return logits[answers]
+
+
+class TumblingStream(WindowedStream):
+    """Step many tumbling-window sessions through one stream model: one row each, reset every
+    ``window`` frames; while it has seen fewer than ``window // 2`` frames (after the session's
+    first window) the answer is the row's last one of the window before (:attr:`Slot.held`)."""
+
+    @torch.no_grad()
+    def step(self, slots: list[Slot], frames: Tensor) -> Tensor:
+        """Feed ``frames[i]`` (``[3, 1, H, W]`` or ``[3, H, W]``) to ``slots[i]``; the answers ``[N, classes]``."""
+        if len(slots) == 0:
+            raise ValueError("step needs at least one slot")
+        if frames.ndim == 4:
+            frames = frames[:, :, None]
+        if frames.ndim != 5 or frames.shape[0] != len(slots) or frames.shape[2] != 1:
+            raise ValueError(f"frames must be [N, 3, 1, H, W] for N={len(slots)} slots, got {list(frames.shape)}")
+        height, width = frames.shape[-2:]
+        for slot in slots:
+            if slot.window != self.window:
+                raise ValueError(f"slot window {slot.window} != stream window {self.window}")
+            if slot.states[0] is None or slot.counts[0] >= self.window:
+                slot.states[0] = self.net.init_state(1, height, width)
+                slot.counts[0] = 0
+        logits, new_state = self.forward(frames, stack_states([slot.states[0] for slot in slots]))
+        answers = []
+        for index, (slot, state) in enumerate(zip(slots, split_states(new_state), strict=True)):
+            slot.states[0] = state
+            slot.counts[0] += 1
+            slot.frames_seen += 1
+            young = slot.counts[0] < self.window // 2 and slot.frames_seen > slot.counts[0]
+            answers.append(slot.held if young and slot.held is not None else logits[index])
+            if slot.counts[0] == self.window:
+                slot.held = logits[index].clone()
+        return torch.stack(answers)

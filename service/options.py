@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 DropPolicy = Literal["drop_oldest", "newest_only", "block"]
 InputKind = Literal["auto", "images", "video"]
-WindowKind = Literal["windowed", "unbounded"]
+WindowKind = Literal["windowed", "tumbling", "unbounded"]
 
 
 @dataclass(frozen=True)

@@ -90,9 +90,11 @@ Source = Annotated[
 
 class WindowPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    policy: Literal["windowed", "unbounded"] = Field(
+    policy: Literal["windowed", "tumbling", "unbounded"] = Field(
         "windowed", description="`windowed`: labels reflect about the last `frames` frames (two staggered "
-        "states reset in turn), fit for endless streams; `unbounded`: the stream model pools over every "
+        "states reset in turn), fit for endless streams; `tumbling`: one state reset every `frames` frames, "
+        "the last label of a window held through the first half of the next: half the compute of `windowed`, "
+        "labels follow a change up to half a window later; `unbounded`: the stream model pools over every "
         "frame since the start, as in training on short clips.")
     frames: int | None = Field(None, ge=2, le=10_000, strict=True, description="Window length; default the model's clip length.")
 

@@ -2,12 +2,14 @@
 
 A :class:`StateBank` keeps every state tensor of a model as one ``[capacity, ...]`` tensor, one
 row per stream. A windowed session (:mod:`model.streaming`: two staggered streams, each reset
-after ``window`` frames, the answer read from the older) owns two rows, an unbounded one a
-single row; rows are allocated when a worker adopts a session and freed when it lets go. A
+after ``window`` frames, the answer read from the older) owns two rows, a tumbling one (one
+stream reset every ``window`` frames, the last answer of a window held through the first half
+of the next) and an unbounded one a single row; rows are allocated when a worker adopts a session and freed when it lets go. A
 tick gathers the rows that take a frame (``index_select``), runs one forward, and scatters the
 new states back (``index_copy_``): no per-session stacking and splitting of state dicts.
 
-The arithmetic is the one of :class:`model.streaming.WindowedStream` (equal outputs: tested),
+The arithmetic is the one of :class:`model.streaming.WindowedStream` and
+:class:`~model.streaming.TumblingStream` (equal outputs: tested),
 and a bank row converts to and from a :class:`model.streaming.Slot` for checkpoints.
 """
 
@@ -27,20 +29,26 @@ Forward = Callable[[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, 
 class StreamRows:
     """One session's rows in a bank and where its windows stand."""
 
-    __slots__ = ("rows", "frames_seen", "counts")
+    __slots__ = ("rows", "frames_seen", "counts", "held")
 
     def __init__(self, rows: tuple[int, ...]) -> None:
         self.rows = rows
         self.frames_seen = 0
         self.counts = [0] * len(rows)  # frames each row has seen since its reset
+        self.held: torch.Tensor | None = None  # tumbling: the answer of the last whole window
 
 
 class StateBank:
-    def __init__(self, template: dict[str, torch.Tensor], window: int | None, capacity: int = 16) -> None:
+    def __init__(self, template: dict[str, torch.Tensor], window: int | None, capacity: int = 16,
+                 tumbling: bool = False) -> None:
         """``template``: a one-stream zero state (``net.init_state(1, h, w)``); ``window``: None for
-        unbounded sessions (one row each, never reset)."""
+        unbounded sessions (one row each, never reset); ``tumbling``: one row per session, reset
+        every ``window`` frames."""
+        if tumbling and window is None:
+            raise ValueError("a tumbling window needs a length")
         self.window = window
-        self.rows_per_session = 1 if window is None else 2
+        self.tumbling = tumbling
+        self.rows_per_session = 1 if window is None or tumbling else 2
         self._template = {k: v[:1].clone() for k, v in template.items()}
         self.state = {k: _rows_like(v, capacity) for k, v in self._template.items()}
         self._free = list(range(capacity - 1, -1, -1))
@@ -71,6 +79,7 @@ class StateBank:
         self._reset(list(stream.rows))
         stream.frames_seen = 0
         stream.counts = [0] * len(stream.rows)
+        stream.held = None
 
     def _grow(self, extra: int) -> None:
         old = self.capacity
@@ -101,7 +110,7 @@ class StateBank:
         counts: list[list[int]] = []  # each stream's counts after this frame
         window = self.window
         for index, stream in enumerate(streams):
-            active = [0] if window is None or stream.frames_seen < window // 2 else [0, 1]
+            active = [0] if self.rows_per_session == 1 or stream.frames_seen < window // 2 else [0, 1]
             after = list(stream.counts)
             best, best_count = -1, -1
             for r in active:
@@ -138,7 +147,22 @@ class StateBank:
         for stream, after in zip(streams, counts, strict=True):
             stream.counts = after
             stream.frames_seen += 1
-        return logits[torch.tensor(answer, device=logits.device)]
+        answers = logits[torch.tensor(answer, device=logits.device)]
+        if self.tumbling:
+            self._hold(streams, answers)
+        return answers
+
+    def _hold(self, streams: list[StreamRows], answers: torch.Tensor) -> None:
+        """Tumbling windows: a row that has seen fewer than half a window (after the session's
+        first window) answers with the last answer of the window before; a row that completes a
+        window keeps its answer for that."""
+        window = self.window
+        for index, stream in enumerate(streams):
+            count = stream.counts[0]
+            if count < window // 2 and stream.frames_seen > count and stream.held is not None:
+                answers[index] = stream.held
+            if count == window:
+                stream.held = answers[index].clone()
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -153,7 +177,8 @@ class StateBank:
             counts = [stream.counts[0], 0]
         else:
             counts = list(stream.counts)
-        return Slot(window=self.window or 0, frames_seen=stream.frames_seen, states=states, counts=counts)
+        held = stream.held.cpu().clone() if stream.held is not None else None
+        return Slot(window=self.window or 0, frames_seen=stream.frames_seen, states=states, counts=counts, held=held)
 
     def load_slot(self, stream: StreamRows, slot: Slot) -> None:
         """Put a checkpoint's slot into ``stream``'s rows."""
@@ -167,6 +192,7 @@ class StateBank:
                 value[row : row + 1].copy_(state[key].to(value.device, value.dtype))
             stream.counts[r] = slot.counts[r]
         stream.frames_seen = slot.frames_seen
+        stream.held = slot.held.to(next(iter(self.state.values())).device) if slot.held is not None else None
 
 
 def _row_major(tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None]:

@@ -268,7 +268,7 @@ class InferenceLoop:
             self._observe_lag(max(now - max(frame.received_at, held.due_at(frame.received_at, frame.pts))
                                   for held, frame in waiting))
         batch = waiting[: self.max_batch]
-        groups: dict[tuple[str, int | None], list[tuple[Held, Step]]] = {}
+        groups: dict[tuple[str, int | None, bool], list[tuple[Held, Step]]] = {}
         for held, frame in batch:
             groups.setdefault(held.state.group, []).append((held, Step(held.state, frame)))
         for group in groups.values():
@@ -425,7 +425,7 @@ class InferenceLoop:
                             window=None if options.window.policy == "unbounded" else (window or loaded.clip_frames),
                             top_k=options.top_k, min_score=options.min_score, smoothing=options.smoothing,
                             events=EventDetector(options.events, loaded.labels) if options.events.enabled else None,
-                            ), record.extra.get("webhook_url")
+                            tumbling=options.window.policy == "tumbling"), record.extra.get("webhook_url")
 
     # --- inference and commits ------------------------------------------------------------------
 

@@ -49,11 +49,12 @@ class SessionState:
     stream: StreamRows | None = None  # its rows in the group's StateBank (allocated on first use)
     smoothed: np.ndarray | None = None
     events: EventDetector | None = None  # action segments from the labels (None: off)
+    tumbling: bool = False  # one row reset every `window` frames (else two staggered ones)
 
     @property
-    def group(self) -> tuple[str, int | None]:
+    def group(self) -> tuple[str, int | None, bool]:
         """Sessions of one group share a bank and a forward."""
-        return (self.model.key, self.window)
+        return (self.model.key, self.window, self.tumbling)
 
 
 @dataclass
@@ -73,14 +74,14 @@ class Runner:
 
     def __init__(self, checkpoint_half: bool = False) -> None:
         self.checkpoint_half = checkpoint_half
-        self._banks: dict[tuple[str, int | None], StateBank] = {}
+        self._banks: dict[tuple[str, int | None, bool], StateBank] = {}
 
     def bank(self, session: SessionState) -> StateBank:
         bank = self._banks.get(session.group)
         if bank is None:
             with torch.inference_mode():
                 template = session.model.init_state(1)  # in the layout and dtype the step reads
-            bank = self._banks[session.group] = StateBank(template, session.window)
+            bank = self._banks[session.group] = StateBank(template, session.window, tumbling=session.tumbling)
         return bank
 
     def _rows(self, session: SessionState) -> StreamRows:

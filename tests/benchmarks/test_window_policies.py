@@ -1,4 +1,4 @@
-"""The one-row window policies of benchmarks/window_policies.py compute what they say."""
+"""The sliding window policy of benchmarks/window_policies.py computes what it says."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from window_policies import SlidingStream, TumblingStream  # noqa: E402
+from window_policies import SlidingStream  # noqa: E402
 
 from model import create_model  # noqa: E402
 from tests.model.helpers import randomized  # noqa: E402
@@ -45,21 +45,3 @@ def test_a_sliding_pool_averages_the_last_window_frames():
         got = float(stream.step([slot], frame)[0, 0])
         last = range(max(0, t - window + 1), t + 1)
         assert abs(got - sum(last) / len(last)) < 1e-5, (t, got)
-
-
-def test_a_tumbling_stream_holds_the_last_label_of_the_window_before_in_its_first_half():
-    net = randomized("movinet_test_stream")
-    window = 4
-    video = torch.rand(12, 1, 3, 1, 32, 32)
-    stream = TumblingStream(net, window=window)
-    slot = stream.new_slot()
-    got = [stream.step([slot], video[t])[0] for t in range(12)]
-    fresh = {}
-    for start in range(0, 12, window):  # what a stream reset at each window's start gives
-        state = net.init_state(1, 32, 32)
-        for t in range(start, start + window):
-            fresh[t], state = net(video[t], state)
-    for t in range(12):
-        young = t >= window and t % window < window // 2 - 1
-        want = fresh[t - t % window - 1] if young else fresh[t]
-        assert torch.allclose(got[t], want[0], atol=1e-5), t

@@ -1,6 +1,6 @@
 import torch
 
-from model.streaming import Slot, WindowedStream
+from model.streaming import Slot, TumblingStream, WindowedStream
 
 from .helpers import randomized
 
@@ -55,3 +55,25 @@ def test_traced_frame_step_equals_the_eager_model_at_any_batch_size():
         for a, b in zip(eager_slots, traced_slots, strict=True):
             for key, value in a.states[0].items():
                 assert torch.allclose(b.states[0][key].float(), value.float(), atol=1e-5), key
+
+
+def test_a_tumbling_stream_holds_the_last_answer_of_the_window_before_in_its_first_half():
+    net = randomized("movinet_test_stream")
+    window = 6
+    video = torch.rand(20, 1, 3, 1, 32, 32)
+    stream = TumblingStream(net, window=window)
+    slot = stream.new_slot()
+    got = []
+    for t in range(20):
+        if t == 13:  # through the checkpoint bytes, with the held answer
+            slot = Slot.from_bytes(slot.to_bytes())
+        got.append(stream.step([slot], video[t])[0])
+    fresh = {}
+    for start in range(0, 20, window):  # what a stream reset at each window's start gives
+        state = net.init_state(1, 32, 32)
+        for t in range(start, min(start + window, 20)):
+            fresh[t], state = net(video[t], state)
+    for t in range(20):
+        young = t >= window and t % window < window // 2 - 1  # fewer than window // 2 frames seen
+        want = fresh[t - t % window - 1] if young else fresh[t]
+        assert torch.allclose(got[t], want[0], atol=1e-5), t

@@ -194,11 +194,18 @@ def decode_video(data: bytes) -> list[tuple[float, np.ndarray]]:
 # --- reference: the same model, in-process, frame by frame -----------------------------------------
 
 
-def reference_probs(loaded: Any, frames_rgb: list[np.ndarray], window: int | None = None) -> np.ndarray:
-    """Scores the service should produce for these model frames (uint8, already fitted)."""
+def reference_probs(loaded: Any, frames_rgb: list[np.ndarray], window: int | None = None,
+                    policy: str = "windowed") -> np.ndarray:
+    """Scores the service should produce for these model frames (uint8, already fitted), under the
+    ``windowed`` or the ``tumbling`` window policy."""
     import torch
 
-    stream = loaded.windowed(window or loaded.clip_frames)
+    if policy == "tumbling":
+        from model.streaming import TumblingStream
+
+        stream = TumblingStream(loaded.net, window=window or loaded.clip_frames, forward=loaded.step)
+    else:
+        stream = loaded.windowed(window or loaded.clip_frames)
     slot = stream.new_slot()
     out = []
     with torch.inference_mode():

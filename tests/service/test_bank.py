@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import model
-from model.streaming import Slot, WindowedStream
+from model.streaming import Slot, TumblingStream, WindowedStream
 from service.worker.bank import StateBank
 
 SIZE = 32
@@ -23,11 +23,12 @@ def frames(count: int, seed: int) -> torch.Tensor:
     return torch.rand(count, 3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("window", [6, None])
-def test_sessions_at_different_positions_equal_each_alone(net, window):
+@pytest.mark.parametrize(("window", "tumbling"), [(6, False), (6, True), (None, False)])
+def test_sessions_at_different_positions_equal_each_alone(net, window, tumbling):
     clips = {name: frames(n, seed) for name, n, seed in (("a", 17, 1), ("b", 11, 2), ("c", 5, 3))}
     starts = {"a": 0, "b": 4, "c": 9}  # when each session joins the shared forwards
-    bank = StateBank(net.init_state(1, SIZE, SIZE), window, capacity=2)  # grows as sessions join
+    bank = StateBank(net.init_state(1, SIZE, SIZE), window, capacity=2, tumbling=tumbling)  # grows as sessions join
+    assert bank.rows_per_session == (2 if window and not tumbling else 1)
     streams, got = {}, {name: [] for name in clips}
     with torch.inference_mode():
         for tick in range(20):
@@ -47,7 +48,8 @@ def test_sessions_at_different_positions_equal_each_alone(net, window):
                     out, state = net(frame[None], state)
                     alone.append(out[0])
             else:
-                stream, slot = WindowedStream(net, window=window), Slot(window=window)
+                kind = TumblingStream if tumbling else WindowedStream
+                stream, slot = kind(net, window=window), Slot(window=window)
                 alone = [stream.step([slot], frame[None])[0] for frame in clip]
             torch.testing.assert_close(torch.stack(got[name]), torch.stack(alone), atol=1e-5, rtol=1e-4)
 
@@ -77,20 +79,23 @@ def test_the_fused_graph_in_a_bank_equals_the_model(net):
             torch.testing.assert_close(torch.stack(got[name]), torch.stack(alone), atol=1e-4, rtol=1e-4)
 
 
-def test_a_checkpointed_slot_goes_on_in_another_bank(net):
+@pytest.mark.parametrize("tumbling", [False, True])
+def test_a_checkpointed_slot_goes_on_in_another_bank(net, tumbling):
     clip = frames(14, 7)
     window = 6
-    first = StateBank(net.init_state(1, SIZE, SIZE), window)
+    first = StateBank(net.init_state(1, SIZE, SIZE), window, tumbling=tumbling)
     stream = first.allocate()
     with torch.inference_mode():
-        before = [first.step([stream], f[None], net)[0] for f in clip[:8]]
+        before = [first.step([stream], f[None], net)[0] for f in clip[:8]]  # a tumbling one holds an answer now
         slot = Slot.from_bytes(first.to_slot(stream).to_bytes())  # through the checkpoint bytes
-        second = StateBank(net.init_state(1, SIZE, SIZE), window)
+        assert (slot.held is not None) == tumbling
+        second = StateBank(net.init_state(1, SIZE, SIZE), window, tumbling=tumbling)
         second.allocate()  # another session's rows first: the slot lands on other rows
         resumed = second.allocate()
         second.load_slot(resumed, slot)
         after = [second.step([resumed], f[None], net)[0] for f in clip[8:]]
-        reference, alone = WindowedStream(net, window=window), Slot(window=window)
+        kind = TumblingStream if tumbling else WindowedStream
+        reference, alone = kind(net, window=window), Slot(window=window)
         expected = [reference.step([alone], f[None])[0] for f in clip]
     torch.testing.assert_close(torch.stack(before + after), torch.stack(expected), atol=1e-5, rtol=1e-4)
     first.free(stream)

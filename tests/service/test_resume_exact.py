@@ -24,6 +24,7 @@ from tests.service.conftest import TEST_MODEL
 pytestmark = pytest.mark.anyio
 
 FRAMES = 14
+SIX = WindowOptions(frames=6)  # the windowed policy over 6 frames
 
 
 @pytest.fixture
@@ -39,12 +40,13 @@ def camera_frame(size: int, index: int) -> bytes:
     return np.clip(base + noise, 0, 255).astype(np.uint8).tobytes()
 
 
-async def add_session(store: Store, registry: ModelRegistry, session_id: str) -> None:
+async def add_session(store: Store, registry: ModelRegistry, session_id: str,
+                      window: WindowOptions = SIX) -> None:
     loaded = await registry.load(TEST_MODEL, None)
     now = time.time()
     await store.sessions.create(SessionRecord(session_id=session_id, token_hash="h", model=loaded.name,
                                               weights=loaded.weights, options=SessionOptions(
-                                                  top_k=3, window=WindowOptions(frames=6)),
+                                                  top_k=3, window=window),
                                               created_at=now, idle_timeout_s=60, last_active_at=now))
     size = loaded.input_size
     for i in range(FRAMES):
@@ -65,7 +67,8 @@ async def labels(store: Store, session_id: str) -> list[list[tuple[int, float]]]
     return [[(label["id"], label["score"]) for label in r.labels] for r in results]
 
 
-async def calm_and_crashed(store: Store, registry: ModelRegistry) -> tuple[list, list, InferenceLoop]:
+async def calm_and_crashed(store: Store, registry: ModelRegistry,
+                           window: WindowOptions = SIX) -> tuple[list, list, InferenceLoop]:
     """Labels of an uninterrupted run ("calm") and of one whose worker dies after 6 frames ("a"),
     its seventh frame's commit still under way (it runs beside the next forward, and ends as the
     worker dies): checkpoints every 4 frames, so the second worker restores seq 4 and replays
@@ -75,10 +78,10 @@ async def calm_and_crashed(store: Store, registry: ModelRegistry) -> tuple[list,
                         lease_ttl_ms=300)
 
     calm = InferenceLoop(settings(), store, registry, Metrics())
-    await add_session(store, registry, "calm")
+    await add_session(store, registry, "calm", window)
     await run_until(calm, store, "calm", FRAMES)
     await calm.stop()
-    await add_session(store, registry, "a")
+    await add_session(store, registry, "a", window)
     first = InferenceLoop(settings(), store, registry, Metrics())
     await run_until(first, store, "a", 6)
     await asyncio.sleep(0.4)  # `first` dies without a word: its lease runs out
@@ -88,6 +91,18 @@ async def calm_and_crashed(store: Store, registry: ModelRegistry) -> tuple[list,
     await first.stop()
     await second.stop()
     return await labels(store, "calm"), await labels(store, "a"), second
+
+
+async def test_a_tumbling_session_resumes_with_the_answer_it_held():
+    """Window 4: the checkpoint at seq 4 holds the answer of the first window, which frame 5 (the
+    first of the next window, replayed after the crash) gives again."""
+    registry = ModelRegistry(TEST_MODEL, None, allow_random_weights=True, device="cpu")
+    store = memory_store()
+    calm, resumed, _ = await calm_and_crashed(store, registry, WindowOptions(policy="tumbling", frames=4))
+    assert resumed == calm
+    assert calm[4] == calm[3] and calm[8] == calm[7]  # held through each first half window
+    _, data = await store.streams.checkpoint("a")
+    assert "held" in safetensors.torch.load(data)
 
 
 async def test_a_bf16_worker_resumes_bit_exact_from_its_bf16_checkpoint():

@@ -67,6 +67,22 @@ def test_image_stream_labels_match_the_model_and_pts_line_up(server):
     assert len({json.dumps(r["labels"]) for r in results}) > 9  # labels depend on the input
 
 
+def test_a_tumbling_session_gets_the_labels_of_its_reference_stream(server):
+    """One state per session reset every `frames` frames, the last label of a window held in the
+    first half of the next: the labels the model gives through model.streaming.TumblingStream."""
+    loaded = server.loaded()
+    frames = moving_frames(20, direction="left", seed=3)
+    session = server.create(top_k=3, window={"policy": "tumbling", "frames": 6})
+    messages, code = asyncio.run(_stream_images(server, session, frames, [i / 5 for i in range(20)]))
+    assert code == 1000 and not errors_of(messages)
+    results = results_of(messages)
+    assert [r["seq"] for r in results] == list(range(1, 21))
+    expected = reference_probs(loaded, [fitted(loaded, frame) for frame in frames], window=6, policy="tumbling")
+    assert_matches_reference(results, expected)
+    held = [i for i in range(6, 20) if i % 6 < 2]  # frames 7-8, 13-14, 19-20: the window before's last label
+    assert all(results[i]["labels"] == results[i - 1 - i % 6]["labels"] for i in held)
+
+
 @pytest.mark.parametrize("container", ["webm", "fmp4"])
 def test_video_stream_chunks_are_decoded_incrementally(server, container):
     loaded = server.loaded()

@@ -106,24 +106,30 @@ class WindowedStream:
     def new_slot(self) -> Slot:
         return Slot(window=self.window)
 
-    @torch.no_grad()
-    def step(self, slots: list[Slot], frames: Tensor) -> Tensor:
-        """Feed ``frames[i]`` (``[3, 1, H, W]``, or ``[3, H, W]``) to ``slots[i]``; return logits ``[N, classes]``.
-
-        Slots are updated in place. All frames must share one size.
-        """
+    def _checked(self, slots: list[Slot], frames: Tensor) -> Tensor:
+        """``frames`` as ``[N, 3, 1, H, W]`` for the N ``slots``, all of this stream's window; else ValueError."""
         if len(slots) == 0:
             raise ValueError("step needs at least one slot")
         if frames.ndim == 4:
             frames = frames[:, :, None]
         if frames.ndim != 5 or frames.shape[0] != len(slots) or frames.shape[2] != 1:
             raise ValueError(f"frames must be [N, 3, 1, H, W] for N={len(slots)} slots, got {list(frames.shape)}")
+        for slot in slots:
+            if slot.window != self.window:
+                raise ValueError(f"slot window {slot.window} != stream window {self.window}")
+        return frames
+
+    @torch.no_grad()
+    def step(self, slots: list[Slot], frames: Tensor) -> Tensor:
+        """Feed ``frames[i]`` (``[3, 1, H, W]``, or ``[3, H, W]``) to ``slots[i]``; return logits ``[N, classes]``.
+
+        Slots are updated in place. All frames must share one size.
+        """
+        frames = self._checked(slots, frames)
         height, width = frames.shape[-2:]
         rows: list[tuple[int, int]] = []  # (slot index, row)
         states: list[State] = []
         for index, slot in enumerate(slots):
-            if slot.window != self.window:
-                raise ValueError(f"slot window {slot.window} != stream window {self.window}")
             for row in slot.active_rows():
                 if slot.counts[row] >= self.window or slot.states[row] is None:
                     slot.states[row] = self.net.init_state(1, height, width)
@@ -151,16 +157,9 @@ class TumblingStream(WindowedStream):
     @torch.no_grad()
     def step(self, slots: list[Slot], frames: Tensor) -> Tensor:
         """Feed ``frames[i]`` (``[3, 1, H, W]`` or ``[3, H, W]``) to ``slots[i]``; the answers ``[N, classes]``."""
-        if len(slots) == 0:
-            raise ValueError("step needs at least one slot")
-        if frames.ndim == 4:
-            frames = frames[:, :, None]
-        if frames.ndim != 5 or frames.shape[0] != len(slots) or frames.shape[2] != 1:
-            raise ValueError(f"frames must be [N, 3, 1, H, W] for N={len(slots)} slots, got {list(frames.shape)}")
+        frames = self._checked(slots, frames)
         height, width = frames.shape[-2:]
         for slot in slots:
-            if slot.window != self.window:
-                raise ValueError(f"slot window {slot.window} != stream window {self.window}")
             if slot.states[0] is None or slot.counts[0] >= self.window:
                 slot.states[0] = self.net.init_state(1, height, width)
                 slot.counts[0] = 0

@@ -93,7 +93,7 @@ class WindowPolicy(BaseModel):
     policy: Literal["windowed", "tumbling", "unbounded"] = Field(
         "windowed", description="`windowed`: labels reflect about the last `frames` frames (two staggered "
         "states reset in turn), fit for endless streams; `tumbling`: one state reset every `frames` frames, "
-        "the last label of a window held through the first half of the next: half the compute of `windowed`, "
+        "the last label of a window held while the next has seen fewer than `frames // 2` frames: half the compute of `windowed`, "
         "labels follow a change up to half a window later; `unbounded`: the stream model pools over every "
         "frame since the start, as in training on short clips.")
     frames: int | None = Field(None, ge=2, le=10_000, strict=True, description="Window length; default the model's clip length.")

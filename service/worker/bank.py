@@ -3,9 +3,9 @@
 A :class:`StateBank` keeps every state tensor of a model as one ``[capacity, ...]`` tensor, one
 row per stream. A windowed session (:mod:`model.streaming`: two staggered streams, each reset
 after ``window`` frames, the answer read from the older) owns two rows, a tumbling one (one
-stream reset every ``window`` frames, the last answer of a window held through the first half
-of the next) and an unbounded one a single row; rows are allocated when a worker adopts a session and freed when it lets go. A
-tick gathers the rows that take a frame (``index_select``), runs one forward, and scatters the
+stream reset every ``window`` frames, the last answer of a window held while the next has seen
+fewer than ``window // 2`` frames) and an unbounded one a single row; rows are allocated when a
+worker adopts a session and freed when it lets go. A tick gathers the rows that take a frame (``index_select``), runs one forward, and scatters the
 new states back (``index_copy_``): no per-session stacking and splitting of state dicts.
 
 The arithmetic is the one of :class:`model.streaming.WindowedStream` and
@@ -138,31 +138,31 @@ class StateBank:
         logits, new = forward(video, batch)
         if not torch.isfinite(logits).all():
             raise FloatingPointError("non-finite scores")
+        answers = logits[torch.tensor(answer, device=logits.device)]
+        if self.tumbling:  # before any stream moves on
+            answers = self._held(streams, counts, answers)
         for key, value in self.state.items():
             fresh = new[key].to(value.device, value.dtype)
             if dense:
                 value[first : first + len(rows)].copy_(fresh)
             else:
                 _scatter(value, index, fresh)
-        for stream, after in zip(streams, counts, strict=True):
+        for index, (stream, after) in enumerate(zip(streams, counts, strict=True)):
             stream.counts = after
             stream.frames_seen += 1
-        answers = logits[torch.tensor(answer, device=logits.device)]
-        if self.tumbling:
-            self._hold(streams, answers)
+            if self.tumbling and after[0] == self.window:  # a whole window: its answer is held
+                stream.held = answers[index].clone()
         return answers
 
-    def _hold(self, streams: list[StreamRows], answers: torch.Tensor) -> None:
-        """Tumbling windows: a row that has seen fewer than half a window (after the session's
-        first window) answers with the last answer of the window before; a row that completes a
-        window keeps its answer for that."""
+    def _held(self, streams: list[StreamRows], counts: list[list[int]], answers: torch.Tensor) -> torch.Tensor:
+        """Tumbling windows: a row that will have seen fewer than half a window (after the
+        session's first window) answers with the last answer of the window before."""
         window = self.window
-        for index, stream in enumerate(streams):
-            count = stream.counts[0]
-            if count < window // 2 and stream.frames_seen > count and stream.held is not None:
+        for index, (stream, after) in enumerate(zip(streams, counts, strict=True)):
+            count = after[0]
+            if count < window // 2 and stream.frames_seen + 1 > count and stream.held is not None:
                 answers[index] = stream.held
-            if count == window:
-                stream.held = answers[index].clone()
+        return answers
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -192,7 +192,9 @@ class StateBank:
                 value[row : row + 1].copy_(state[key].to(value.device, value.dtype))
             stream.counts[r] = slot.counts[r]
         stream.frames_seen = slot.frames_seen
-        stream.held = slot.held.to(next(iter(self.state.values())).device) if slot.held is not None else None
+        stream.held = None
+        if self.tumbling and slot.held is not None:
+            stream.held = slot.held.to(next(iter(self.state.values())).device)
 
 
 def _row_major(tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None]:

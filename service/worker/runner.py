@@ -156,6 +156,9 @@ class Runner:
             slot = Slot(window=0, frames_seen=1, states=[state, None], counts=[1, 0])
         if slot is None:
             raise ValueError("the checkpoint holds no state")
+        held = slot.held
+        if held is not None and (held.shape != (len(session.model.labels),) or not torch.isfinite(held).all()):
+            raise ValueError("the checkpoint's held answer is not one finite score per class")
         self.bank(session).load_slot(rows, slot)
         session.smoothed = smoothed
         if session.events is not None and isinstance(meta.get("events"), dict):

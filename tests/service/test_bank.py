@@ -86,14 +86,14 @@ def test_a_checkpointed_slot_goes_on_in_another_bank(net, tumbling):
     first = StateBank(net.init_state(1, SIZE, SIZE), window, tumbling=tumbling)
     stream = first.allocate()
     with torch.inference_mode():
-        before = [first.step([stream], f[None], net)[0] for f in clip[:8]]  # a tumbling one holds an answer now
+        before = [first.step([stream], f[None], net)[0] for f in clip[:7]]  # a tumbling one holds an answer now
         slot = Slot.from_bytes(first.to_slot(stream).to_bytes())  # through the checkpoint bytes
         assert (slot.held is not None) == tumbling
         second = StateBank(net.init_state(1, SIZE, SIZE), window, tumbling=tumbling)
         second.allocate()  # another session's rows first: the slot lands on other rows
         resumed = second.allocate()
         second.load_slot(resumed, slot)
-        after = [second.step([resumed], f[None], net)[0] for f in clip[8:]]
+        after = [second.step([resumed], f[None], net)[0] for f in clip[7:]]  # the 8th answers with it
         kind = TumblingStream if tumbling else WindowedStream
         reference, alone = kind(net, window=window), Slot(window=window)
         expected = [reference.step([alone], f[None])[0] for f in clip]

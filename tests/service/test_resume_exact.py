@@ -104,6 +104,25 @@ async def test_a_tumbling_session_resumes_with_the_answer_it_held():
     _, data = await store.streams.checkpoint("a")
     assert "held" in safetensors.torch.load(data)
 
+    # A checkpoint whose held answer is not one finite score per class is refused before any row
+    # is touched (the worker then starts the session afresh), not swapped into a batch's answers.
+    import torch
+
+    import model
+    from model.state import state_and_metadata_from_bytes
+    from service.worker.runner import Runner, SessionState
+
+    loaded = await registry.load(TEST_MODEL, None)
+    tensors, meta = state_and_metadata_from_bytes(data)
+    runner = Runner()
+    for bad in (tensors["held"][:-1], torch.full_like(tensors["held"], float("nan")), tensors["held"][0]):
+        session = SessionState("b", loaded, window=4, top_k=3, min_score=0.0, smoothing=0.0, tumbling=True)
+        with pytest.raises(ValueError, match="held answer"):
+            runner.restore(session, model.state_to_bytes({**tensors, "held": bad}, metadata=meta))
+    session = SessionState("c", loaded, window=4, top_k=3, min_score=0.0, smoothing=0.0, tumbling=True)
+    runner.restore(session, data)
+    assert torch.equal(session.stream.held, tensors["held"])
+
 
 async def test_a_bf16_worker_resumes_bit_exact_from_its_bf16_checkpoint():
     registry = ModelRegistry(TEST_MODEL, None, allow_random_weights=True, device="cpu", precision="bf16")

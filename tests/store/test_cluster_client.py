@@ -99,9 +99,15 @@ def test_a_connection_closed_under_a_command_fails_as_a_lost_connection(cluster)
     frame's append was lost without a word, a producer's socket closed with 1011. Here the client
     is closed under thousands of reads, each time four more have come back (a pace that holds on a
     slow machine as on a fast one, while the other reads are under way): each read returns its
-    value or fails as a lost connection (redis-py's ConnectionError, retried first), nothing else."""
+    value or fails as a lost connection, nothing else: redis-py's ConnectionError, or its
+    TimeoutError (its 5 s socket timeouts ran out on 1 read of 1,600, once in a full test run
+    here) — both retried by redis-py first, and both what the service takes for the store being
+    away (``STORE_ERRORS``)."""
     import uvloop
     from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from service.store import STORE_ERRORS
 
     async def main() -> tuple[list, int]:
         client = connect(parse_redis_url(cluster.url))
@@ -152,7 +158,8 @@ def test_a_connection_closed_under_a_command_fails_as_a_lost_connection(cluster)
     assert closes >= 50, closes
     assert sum(isinstance(value, bytes) for _, value in pairs) > len(pairs) // 4  # retried, many went through
     escaped = [value for _, value in pairs if isinstance(value, Exception)]
-    assert [e for e in escaped if type(e) is not RedisConnectionError] == []
+    assert [e for e in escaped if type(e) not in (RedisConnectionError, RedisTimeoutError)] == []
+    assert all(isinstance(e, STORE_ERRORS) for e in escaped)
     assert all(value == name.encode() for name, value in pairs if not isinstance(value, Exception))
 
 

@@ -5,8 +5,9 @@ row per stream. A windowed session (:mod:`model.streaming`: two staggered stream
 after ``window`` frames, the answer read from the older) owns two rows, a tumbling one (one
 stream reset every ``window`` frames, the last answer of a window held while the next has seen
 fewer than ``window // 2`` frames) and an unbounded one a single row; rows are allocated when a
-worker adopts a session and freed when it lets go. A tick gathers the rows that take a frame (``index_select``), runs one forward, and scatters the
-new states back (``index_copy_``): no per-session stacking and splitting of state dicts.
+worker adopts a session and freed when it lets go. A tick gathers the rows that take a frame
+(``index_select``), runs one forward, and scatters the new states back (``index_copy_``): no
+per-session stacking and splitting of state dicts.
 
 The arithmetic is the one of :class:`model.streaming.WindowedStream` and
 :class:`~model.streaming.TumblingStream` (equal outputs: tested),
